@@ -12,7 +12,7 @@ from torch import nn
 import resnetlab
 from resnetlab.errors import UserError
 from resnetlab.models import MODELS, PadShortcut, create_model, list_models
-from resnetlab.models.profile import block_arithmetic, count_macs, count_params, meta_model
+from resnetlab.models.profile import block_arithmetic, count_layers, count_macs, count_params, meta_model
 
 # Golden numbers from the issue (torchvision's counts for the ImageNet family; the paper's CIFAR family).
 PARAMS = {
@@ -60,16 +60,12 @@ def test_macs_v1_stride_in_1x1(name: str) -> None:
     assert round(count_macs(model, (3, 224, 224)) / 1e9, 3) == MACS_V1[name]
 
 
-def _weighted_layers(model: nn.Module) -> int:
-    """Convs on the main path plus the fc: the paper's definition of depth (projections do not count)."""
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and "downsample" not in n]
-    return len(convs) + 1
 
 
 @pytest.mark.parametrize("name", [n for n in list_models() if not n.startswith(("resnext", "wide"))])
 def test_depth_is_in_the_name(name: str) -> None:
     depth = int("".join(c for c in name.split("_")[-1] if c.isdigit()))
-    assert _weighted_layers(meta_model(name)) == depth
+    assert count_layers(meta_model(name)) == depth
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -89,11 +85,11 @@ def test_forward_backward_every_model(name: str) -> None:
 
 def test_generic_depth_route_and_errors() -> None:
     model = create_model("resnet", depth=26, family="cifar")
-    assert _weighted_layers(model) == 26
+    assert count_layers(model) == 26
     assert count_params(create_model("resnet", depth=20, family="cifar")) == PARAMS["resnet20"]
     assert count_params(meta_model("plain", depth=56)) == PARAMS["plain56"]
     assert count_params(meta_model("resnet", depth=50, family="imagenet")) == PARAMS["resnet50"]
-    assert _weighted_layers(meta_model("preact_resnet", depth=74, family="cifar")) == 74
+    assert count_layers(meta_model("preact_resnet", depth=74, family="cifar")) == 74
     with pytest.raises(UserError, match="6n\\+2"):
         create_model("resnet", depth=21, family="cifar")
     with pytest.raises(UserError, match="9n\\+2"):

@@ -16,6 +16,8 @@ from ..errors import UserError
 
 COMMAND_MODULES = [
     "resnetlab.cli.models",
+    "resnetlab.cli.train",
+    "resnetlab.cli.evaluate",
 ]
 
 

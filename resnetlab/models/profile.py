@@ -36,6 +36,12 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
     return counter.get_total_flops() // 2
 
 
+def count_layers(model: nn.Module) -> int:
+    """Depth as the paper counts it: weighted layers on the main path (convs and the fc), not projections."""
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and "downsample" not in n]
+    return len(convs) + sum(isinstance(m, nn.Linear) for m in model.modules())
+
+
 def meta_model(name: str, **overrides: Any) -> nn.Module:
     """Build a model on the meta device: shapes and counts without allocating weights."""
     with torch.device("meta"):

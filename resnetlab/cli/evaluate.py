@@ -1,0 +1,99 @@
+"""``resnetlab evaluate`` and ``resnetlab predict``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="top-1/top-5, loss, per-class accuracy and confusion matrix of a checkpoint")
+    p.add_argument("checkpoint", help="best.pt / last.pt, or a run folder")
+    p.add_argument("--data", required=True, help="data to evaluate on (its test/val split if it has one)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plots", metavar="DIR", nargs="?", const=".", help="write confusion.png (into DIR)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="class names and probabilities for image files")
+    p.add_argument("checkpoint", help="checkpoint (best.pt / last.pt / run folder) or exported .onnx file")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..engine.predict import evaluate_checkpoint
+
+    # With --json, stdout carries the JSON object alone: progress lines go to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        res = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device)
+    if args.plots is not None:
+        res["confusion_png"] = str(plot_confusion(res, Path(args.plots)))
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"{res['n']} images from {res['data']}: top-1 {res['top1'] * 100:.2f}% "
+          f"(error {res['top1_err'] * 100:.2f}%), top-5 {res['top5'] * 100:.2f}%, loss {res['loss']:.4f}")
+    width = max(len(c) for c in res["classes"])
+    for name, acc in zip(res["classes"], res["per_class"]):
+        print(f"  {name:<{width}}  {acc * 100:6.2f}%")
+    if "confusion_png" in res:
+        print(f"confusion matrix: {res['confusion_png']}")
+    return 0
+
+
+def plot_confusion(res: dict, out_dir: Path) -> Path:
+    """confusion.png: row-normalised confusion matrix with class names."""
+    from ..errors import UserError
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("--plots needs matplotlib: pip install 'resnetlab[plot]'") from None
+    import numpy as np
+
+    cm = np.array(res["confusion"], dtype=float)
+    cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    n = len(res["classes"])
+    fig, ax = plt.subplots(figsize=(1 + 0.5 * n, 1 + 0.5 * n))
+    ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), res["classes"], rotation=90, fontsize=8)
+    ax.set_yticks(range(n), res["classes"], fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"top-1 {res['top1'] * 100:.2f}% on {res['n']} images", fontsize=9)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "confusion.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..engine.predict import predict_images
+
+    if args.checkpoint.endswith(".onnx"):
+        from ..export.onnx_predict import predict_onnx_images
+
+        records = predict_onnx_images(args.checkpoint, args.images, topk=args.topk)
+    else:
+        records = predict_images(args.checkpoint, args.images, topk=args.topk, device=args.device)
+    if args.json:
+        print(json.dumps(records))
+        return 0
+    for r in records:
+        print(r["image"])
+        for t in r["top"]:
+            print(f"  {t['prob'] * 100:6.2f}%  {t['class']}")
+    return 0

@@ -1,0 +1,200 @@
+"""Batches straight from a uint8 tensor that lives on the training device (airbench's approach).
+
+The whole CIFAR-size dataset sits on the device as uint8 (50k x 3 x 32 x 32 is
+150 MB), padded once. Crop and flip are batched tensor operations: no per-image
+Python, no PIL in the loop. Every random choice of batch ``b`` in epoch ``e``
+comes from a generator seeded by ``(seed, e, b)``, so a resumed run sees exactly
+the batches an uninterrupted one would, and each rank of a distributed run takes
+its slice of the same global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def batch_generator(seed: int, *keys: int) -> torch.Generator:
+    """A CPU generator seeded from ``seed`` and any keys (epoch, batch) by NumPy's SeedSequence."""
+    state = np.random.SeedSequence([seed & 0xFFFFFFFF, *keys]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> 1))
+
+
+class Normalize:
+    """uint8 NCHW -> float, scaled to 0..1, minus mean, over std (per channel), in the chosen memory format."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device, channels_last: bool) -> None:
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, x: Tensor) -> Tensor:
+        x = (x.float() - self.mean) * self.inv_std
+        return x.contiguous(memory_format=self.memory_format)
+
+
+def crop_flip(images: Tensor, offsets: Tensor, flips: Tensor, size: int) -> Tensor:
+    """Crop ``size`` x ``size`` windows at per-image ``offsets`` (B, 2) and mirror where ``flips`` (B,) is set.
+
+    A single gather over the batch: rows and columns of every window are index
+    tensors, so cost is one pass over the output, whatever the batch size.
+    """
+    b = images.shape[0]
+    ar = torch.arange(size, device=images.device)
+    rows = (offsets[:, 0:1] + ar).view(b, 1, size, 1)
+    cols = offsets[:, 1:2] + ar
+    cols = torch.where(flips.view(b, 1), cols.flip(1), cols).view(b, 1, 1, size)
+    batch = torch.arange(b, device=images.device).view(b, 1, 1, 1)
+    chans = torch.arange(images.shape[1], device=images.device).view(1, -1, 1, 1)
+    return images[batch, chans, rows, cols]
+
+
+class MemoryLoader:
+    """Epoch iterator over an in-memory uint8 dataset.
+
+    Args:
+        images: uint8 N x C x H x W (any device; moved to ``device``).
+        labels: int64 N.
+        batch_size: the global batch size; with ``world > 1`` each rank gets its slice.
+        train: shuffle, augment and drop the last partial batch (the paper counts iterations of full batches).
+        pad: zero padding for random crops (4 in paper Sec. 4.2); 0 disables cropping.
+        flip: random horizontal flips.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        *,
+        train: bool,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device | str = "cpu",
+        channels_last: bool = False,
+        seed: int = 0,
+        pad: int = 4,
+        flip: bool = True,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.device = torch.device(device)
+        self.train = train
+        self.batch_size = batch_size
+        self.seed = seed
+        self.size = images.shape[-1]
+        self.pad = pad if train else 0
+        self.flip = flip and train
+        self.rank, self.world = rank, world
+        self.normalize = Normalize(mean, std, self.device, channels_last)
+        images = images.to(self.device)
+        # Pad once, up front, instead of every batch; zero padding as in the paper.
+        self.images = F.pad(images, (self.pad,) * 4) if self.pad else images
+        self.labels = labels.to(self.device)
+        self.n = len(labels)
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return self.n // self.batch_size if self.train else -(-self.n // self.batch_size)
+
+    def _shard(self, idx: Tensor) -> Tensor:
+        """This rank's contiguous slice of a global batch (all of it when world == 1)."""
+        if self.world == 1:
+            return idx
+        per = -(-len(idx) // self.world)
+        return idx[self.rank * per : (self.rank + 1) * per]
+
+    def batch(self, epoch: int, index: int) -> tuple[Tensor, Tensor]:
+        """Batch ``index`` of ``epoch`` (normalised float images on the device, labels), the same on every call."""
+        if not self.train:
+            idx = self._shard(torch.arange(index * self.batch_size, min(self.n, (index + 1) * self.batch_size)))
+            x = self.images[idx.to(self.device)]
+            return self.normalize(x), self.labels[idx.to(self.device)]
+        perm = torch.randperm(self.n, generator=batch_generator(self.seed, epoch))
+        idx = perm[index * self.batch_size : (index + 1) * self.batch_size]
+        # Draw augmentation for the whole global batch, then shard: 2 ranks see what 1 process sees.
+        g = batch_generator(self.seed, epoch, index + 1)
+        offsets = torch.randint(0, 2 * self.pad + 1, (len(idx), 2), generator=g)
+        flips = torch.rand(len(idx), generator=g) < 0.5 if self.flip else torch.zeros(len(idx), dtype=torch.bool)
+        idx, offsets, flips = self._shard(idx), self._shard(offsets), self._shard(flips)
+        idx = idx.to(self.device)
+        x = self.images[idx]
+        if self.pad or self.flip:
+            x = crop_flip(x, offsets.to(self.device), flips.to(self.device), self.size)
+        return self.normalize(x), self.labels[idx]
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """Iterate over the batches of ``epoch`` from batch ``start`` (to resume mid-epoch)."""
+        for index in range(start, len(self)):
+            yield self.batch(epoch, index)
+
+
+class _EpochSampler(torch.utils.data.Sampler):
+    """This rank's indices of an epoch: a seeded permutation (the same on every rank), from a start batch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int, rank: int, world: int,
+                 shuffle: bool) -> None:
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
+        self.start, self.rank, self.world, self.shuffle = start, rank, world, shuffle
+
+    def _indices(self) -> list[int]:
+        order = torch.randperm(self.n, generator=batch_generator(self.seed, self.epoch)) if self.shuffle \
+            else torch.arange(self.n)
+        per = self.batch_size // self.world
+        batches = range(self.start, self.n // self.batch_size if self.shuffle else -(-self.n // self.batch_size))
+        out: list[int] = []
+        for b in batches:
+            chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
+            out += chunk[self.rank * per:(self.rank + 1) * per].tolist()
+        return out
+
+    def __iter__(self):
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+
+class StreamLoader:
+    """Batches of a large-image dataset decoded by DataLoader workers (RandomResizedCrop + flip or centre crop).
+
+    Same interface as :class:`MemoryLoader`: ``batch(epoch, index)`` is not random-access
+    here, so the loop should use ``epoch(e, start)``; uint8 batches are normalised on the device.
+    """
+
+    def __init__(self, dataset, batch_size: int, *, train: bool, mean: Sequence[float], std: Sequence[float],
+                 device: torch.device | str = "cpu", channels_last: bool = False, seed: int = 0, workers: int = 2,
+                 rank: int = 0, world: int = 1) -> None:
+        self.dataset, self.batch_size, self.train, self.seed = dataset, batch_size, train, seed
+        self.workers, self.rank, self.world = workers, rank, world
+        self.device = torch.device(device)
+        self.normalize = Normalize(mean, std, self.device, channels_last)
+        self.n = len(dataset)
+        self._iter: Iterator | None = None
+        self._next = (-1, -1)
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.train else -(-self.n // self.batch_size)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """Iterate over ``epoch`` from batch ``start``; each sample's augmentation is seeded by (seed, epoch, index)."""
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        sampler = _EpochSampler(self.n, self.batch_size, self.seed, epoch, start, self.rank, self.world, self.train)
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=max(1, self.batch_size // self.world), sampler=sampler,
+            num_workers=self.workers, pin_memory=self.device.type == "cuda", persistent_workers=False,
+        )
+        for x, y in loader:
+            yield self.normalize(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
+
+    def batch(self, epoch: int, index: int) -> tuple[Tensor, Tensor]:
+        """The next batch of a sequential pass (starting a new pass when ``(epoch, index)`` jumps)."""
+        if self._iter is None or self._next != (epoch, index):
+            self._iter = self.epoch(epoch, index)
+        self._next = (epoch, index + 1)
+        return next(self._iter)

@@ -1,0 +1,126 @@
+"""Typed training configuration and the named recipes (``resnetlab recipes``).
+
+A recipe is a named set of values for :class:`TrainConfig` fields; command-line
+flags override it field by field, and the resolved config (recipe + flags + what
+was derived from the model and data) is written to ``config.json`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. ``None`` means "derive it" (from recipe, model or data)."""
+
+    # What to train, on what.
+    model: str = "resnet20"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    data: str | None = None
+    val_split: int = 0
+    subset: int = 0
+    image_size: int | None = None
+    init: str | None = None  # weights to start from (fine-tuning)
+
+    # Optimisation (paper Sec. 3.4 / 4.2: SGD, momentum 0.9, weight decay 1e-4, batch 128).
+    recipe: str = "paper-cifar"
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    decay_norm_and_bias: bool = True  # False: no weight decay on BN parameters and biases
+    label_smoothing: float = 0.0
+
+    # Schedule: the length is ``iters`` or ``epochs`` (one of them); milestones are fractions of it.
+    iters: int | None = 64_000
+    epochs: float | None = None
+    schedule: str = "step"  # "step" | "cosine" | "linear"
+    milestones: tuple[float, ...] = (0.5, 0.75)  # 32k and 48k of 64k (paper Sec. 4.2)
+    gamma: float = 0.1
+    warmup_iters: int = 0
+    warmup_lr: float | None = None  # constant warm-up lr; None = linear ramp to ``lr``
+    warmup_min_depth: int = 0  # apply the warm-up only to networks at least this deep
+
+    # Data augmentation.
+    augment: str = "crop-flip"  # "crop-flip" (pad and crop, flip), "rrc-flip" (scale augmentation), "none"
+    pad: int = 4
+
+    # Runtime.
+    device: str = "auto"
+    channels_last: bool | None = None  # None: on where it is faster (measured: CPU and CUDA)
+    amp: str | None = None  # "bf16" | "fp16" | "none"; None: bf16 where supported
+    compile: bool = False
+    seed: int = 0
+    workers: int = 2
+    eval_every: int | None = None  # iterations between evaluations; None: about 20 per run, at most once an epoch
+    out: str | None = None
+    resume: str | None = None
+    sync_bn: bool = False
+    tta_flip: bool = False  # evaluate on the image and its mirror, averaged
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some fields changed (unknown names are a clear error)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise UserError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named preset: a description, where its numbers come from, and the fields it sets."""
+
+    description: str
+    source: str
+    values: dict[str, Any]
+
+
+RECIPES: dict[str, Recipe] = {
+    "paper-cifar": Recipe(
+        "He et al. 2015 Sec. 4.2: SGD 0.9, wd 1e-4, batch 128, lr 0.1 /10 at 32k and 48k, stop at 64k; "
+        "pad-4 crop + flip; lr 0.01 for the first 400 iterations on 110 layers and deeper",
+        "He et al. 2015, Sec. 4.2",
+        dict(batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4, decay_norm_and_bias=True,
+             label_smoothing=0.0, iters=64_000, epochs=None, schedule="step", milestones=(0.5, 0.75), gamma=0.1,
+             warmup_iters=400, warmup_lr=0.01, warmup_min_depth=110, augment="crop-flip", pad=4, tta_flip=False),
+    ),
+    "fast-cifar": Recipe(
+        "short CPU budget: batch 256, nesterov, lr 0.4 with a linear ramp up (1 epoch) and linear decay to 0, "
+        "label smoothing 0.1, wd 5e-4 on conv/fc weights only, flip test-time augmentation; 30 epochs",
+        "measured on the 45k/5k CIFAR-10 split; see README",
+        dict(batch_size=256, lr=0.4, momentum=0.9, nesterov=True, weight_decay=5e-4, decay_norm_and_bias=False,
+             label_smoothing=0.1, iters=None, epochs=30, schedule="linear", milestones=(), gamma=0.1,
+             warmup_iters=176, warmup_lr=None, warmup_min_depth=0, augment="crop-flip", pad=4, tta_flip=True),
+    ),
+    "paper-imagenet": Recipe(
+        "He et al. 2015 Sec. 3.4: SGD 0.9, batch 256, lr 0.1 /10 every 30 epochs, 90 epochs, wd 1e-4, "
+        "scale augmentation (random-resized crop + flip)",
+        "He et al. 2015, Sec. 3.4; torchvision's reference recipe",
+        dict(batch_size=256, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4, decay_norm_and_bias=True,
+             label_smoothing=0.0, iters=None, epochs=90, schedule="step", milestones=(1 / 3, 2 / 3), gamma=0.1,
+             warmup_iters=0, warmup_lr=None, warmup_min_depth=0, augment="rrc-flip", pad=0, tta_flip=False),
+    ),
+}
+
+
+def recipe_config(name: str, **overrides: Any) -> TrainConfig:
+    """The config of a named recipe with field overrides applied (``None`` overrides are ignored)."""
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    values = {**RECIPES[name].values, **{k: v for k, v in overrides.items() if v is not None}}
+    # A length given in one unit replaces the recipe's length in the other.
+    if overrides.get("epochs") is not None and overrides.get("iters") is None:
+        values["iters"] = None
+    if overrides.get("iters") is not None and overrides.get("epochs") is None:
+        values["epochs"] = None
+    return TrainConfig(recipe=name).replace(**values)

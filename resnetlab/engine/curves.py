@@ -1,0 +1,41 @@
+"""Error curves drawn the way the paper draws them (Fig. 1, 4, 6): thin dashed training error, bold validation error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def plot_error_curves(ax: Any, runs: Sequence[tuple[str, list[dict[str, Any]]]], colors: Sequence[str] | None = None,
+                      val_name: str = "val") -> None:
+    """Draw training (thin, dashed) and validation (bold) top-1 error in % against iterations, one colour per run."""
+    for i, (label, history) in enumerate(runs):
+        color = colors[i] if colors else f"C{i}"
+        it = [m["iteration"] for m in history]
+        ax.plot(it, [100 * m["train_err"] for m in history], "--", lw=0.9, color=color, label=f"{label} train")
+        val = [(m["iteration"], 100 * m["val_top1_err"]) for m in history if m.get("val_top1_err") is not None]
+        if val:
+            ax.plot(*zip(*val), "-", lw=2.2, color=color, label=f"{label} {val_name}")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("top-1 error (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot_run(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    """``curves.png`` of one run; silently skipped when matplotlib is not installed (it is an optional extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    plot_error_curves(ax, [("", history)])
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,89 @@
+"""Evaluate a checkpoint on a dataset and classify image files, with nothing but the checkpoint.
+
+The checkpoint carries the architecture, class names, normalisation and input
+size, so neither needs ``--model``. Classes of an image folder are matched to the
+checkpoint's by name, whatever their order on disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from ..data import ArrayDataset, MemoryLoader, StreamLoader, load_eval_split
+from ..data import transforms as T
+from ..errors import UserError
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .distributed import resolve_device
+from .evaluate import evaluate
+
+
+def evaluate_checkpoint(path: str, data: str, *, batch_size: int = 256, device: str = "auto",
+                        workers: int = 2, log=print) -> dict[str, Any]:
+    """Top-1/top-5, loss, per-class accuracy and confusion matrix of a checkpoint on ``data``'s evaluation split."""
+    ckpt = load_checkpoint(path)
+    dev = resolve_device(device)
+    model = model_from_checkpoint(ckpt).to(dev)
+    classes = ckpt["classes"]
+    norm = ckpt["normalization"]
+    size = ckpt["input_size"][-1]
+    ds = load_eval_split(data, classes, image_size=size, log=log)
+    if isinstance(ds, ArrayDataset):
+        if ds.images.shape[1] != ckpt["input_size"][0]:
+            raise UserError(f"{data} has {ds.images.shape[1]}-channel images; the checkpoint expects "
+                            f"{ckpt['input_size'][0]}")
+        loader = MemoryLoader(ds.images, ds.labels, batch_size, train=False, mean=norm["mean"], std=norm["std"],
+                              device=dev)
+    else:
+        loader = StreamLoader(ds, batch_size, train=False, mean=norm["mean"], std=norm["std"], device=dev,
+                              workers=workers)
+    result = evaluate(model, loader.epoch(0), len(classes), device=dev)
+    result["classes"] = classes
+    result["checkpoint"] = str(path)
+    result["data"] = str(data)
+    return result
+
+
+def load_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
+    """One image file as uint8 C x size x size: direct resize for CIFAR-size models, resize + centre crop otherwise."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L") if channels == 1 else T.to_rgb(im)
+            if size <= 64:
+                im = im.resize((size, size), Image.BILINEAR)
+            else:
+                im = T.eval_transform(size)(im, None)
+            return T.pil_to_tensor(im)
+    except FileNotFoundError:
+        raise UserError(f"image not found: {path}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+
+
+def predict_images(path: str, images: Sequence[str], *, topk: int = 5, device: str = "auto") -> list[dict[str, Any]]:
+    """Top-k class names and probabilities for each image file."""
+    ckpt = load_checkpoint(path)
+    dev = resolve_device(device)
+    model = model_from_checkpoint(ckpt).to(dev).eval()
+    c, size = ckpt["input_size"][0], ckpt["input_size"][-1]
+    batch = torch.stack([load_image(p, size, c) for p in images])
+    norm = ckpt["normalization"]
+    loader = MemoryLoader(batch, torch.zeros(len(images), dtype=torch.long), len(images), train=False,
+                          mean=norm["mean"], std=norm["std"], device=dev)
+    x, _ = loader.batch(0, 0)
+    with torch.no_grad():
+        probs = model(x).float().softmax(1).cpu()
+    return topk_records(probs, ckpt["classes"], images, topk)
+
+
+def topk_records(probs: torch.Tensor, classes: list[str], images: Sequence[str], topk: int) -> list[dict[str, Any]]:
+    """Per image: its path and the ``topk`` (class, probability) pairs, most likely first."""
+    k = min(topk, len(classes))
+    values, indices = probs.topk(k, 1)
+    return [
+        {"image": str(img), "top": [{"class": classes[i], "prob": float(p)} for p, i in zip(v.tolist(), ix.tolist())]}
+        for img, v, ix in zip(images, values, indices)
+    ]

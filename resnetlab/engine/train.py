@@ -1,0 +1,442 @@
+"""The training loop: one function that reads top to bottom.
+
+``train(cfg)`` opens the data, builds the model, resolves the recipe into a
+schedule, and runs SGD, evaluating on the validation set at regular intervals.
+Each evaluation appends a line to ``metrics.jsonl`` and writes ``last.pt`` (and
+``best.pt`` when the validation error improved) atomically, so a crash, a kill or
+a diverged loss never costs more than one evaluation interval of work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import DataBundle, MemoryLoader, StreamLoader, open_data
+from ..errors import UserError
+from ..models import create_model
+from ..models.profile import count_layers
+from . import distributed
+from .checkpoint import atomic_save, load_checkpoint, load_weights, make_checkpoint, unwrap
+from .config import TrainConfig
+from .evaluate import autocast, evaluate
+from .schedule import Schedule, lr_at
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is left in place."""
+
+
+@dataclass
+class RunResult:
+    """What a finished (or interrupted) run left behind."""
+
+    out_dir: Path
+    step: int
+    total: int
+    status: str  # "completed" | "interrupted"
+    best: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- set-up helpers
+
+
+def default_out_dir(model: str) -> Path:
+    """``runs/<model>-<timestamp>``."""
+    return Path("runs") / f"{model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def fast_defaults(cfg: TrainConfig, device: torch.device) -> tuple[bool, str]:
+    """channels_last and autocast dtype, where unset: the settings measured fastest per device.
+
+    On CPU (AVX-512, 2 cores) channels_last gave the largest gain for ResNet-20/56 training
+    and bf16 autocast only paid off together with torch.compile (docs/benchmarks.md);
+    on CUDA both are the usual win (tensor cores want NHWC, bf16 halves memory traffic).
+    """
+    channels_last = True if cfg.channels_last is None else cfg.channels_last
+    if cfg.amp is not None:
+        if cfg.amp not in ("bf16", "fp16", "none"):
+            raise UserError(f"--amp must be bf16, fp16 or none, got {cfg.amp!r}")
+        return channels_last, cfg.amp
+    if device.type == "cuda":
+        return channels_last, "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return channels_last, "bf16" if cfg.compile else "none"
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict[str, Any]]:
+    """SGD parameter groups; optionally no weight decay on norm weights and biases (1-D parameters)."""
+    if decay_norm_and_bias:
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def resolve_schedule(cfg: TrainConfig, steps_per_epoch: int, depth: int) -> Schedule:
+    """Turn the recipe's length (iterations or epochs), milestones (fractions) and warm-up into iterations."""
+    if cfg.iters is not None:
+        total = int(cfg.iters)
+    elif cfg.epochs is not None:
+        total = int(round(cfg.epochs * steps_per_epoch))
+    else:
+        raise UserError("give the run a length: --iters or --epochs")
+    if total < 1:
+        raise UserError(f"the run has no iterations (iters={cfg.iters}, epochs={cfg.epochs})")
+    # Paper Sec. 4.2: only 110 layers and deeper need the 0.01 warm-up.
+    warmup = cfg.warmup_iters if depth >= cfg.warmup_min_depth else 0
+    warmup = min(warmup, total // 2)
+    milestones = tuple(int(round(f * total)) for f in cfg.milestones)
+    return Schedule(cfg.lr, total, cfg.schedule, milestones, cfg.gamma, warmup, cfg.warmup_lr)
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag the loop checks after every step; a second signal aborts at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signum is not None:  # second Ctrl-C: give up on a clean stop
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\nresnetlab: {signal.Signals(signum).name} received; saving a checkpoint and stopping", file=sys.stderr)
+
+    @contextmanager
+    def installed(self) -> Iterator["StopRequest"]:
+        if threading_main():
+            old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        else:
+            old = {}
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def threading_main() -> bool:
+    """Signal handlers can only be installed from the main thread."""
+    return threading.current_thread() is threading.main_thread()
+
+
+class MetricsLog:
+    """metrics.jsonl, curves.png and TensorBoard events (when tensorboard is installed), rank 0 only."""
+
+    def __init__(self, out_dir: Path, enabled: bool, title: str) -> None:
+        self.out_dir, self.enabled, self.title = out_dir, enabled, title
+        self.path = out_dir / "metrics.jsonl"
+        self.history: list[dict[str, Any]] = []
+        if self.path.exists():
+            self.history = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir / "tb"))
+            except Exception:  # noqa: BLE001 - tensorboard is optional
+                self.tb = None
+
+    def truncate(self, step: int) -> None:
+        """Forget lines written after ``step`` (a resumed run re-does them)."""
+        self.history = [m for m in self.history if m["iteration"] <= step]
+        if self.enabled:
+            self.path.write_text("".join(json.dumps(m) + "\n" for m in self.history))
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key in ("train_loss", "train_err", "val_loss", "val_top1_err", "val_top5_err", "lr", "img_s"):
+                if record.get(key) is not None:
+                    self.tb.add_scalar(key, record[key], record["iteration"])
+            self.tb.flush()
+        from .curves import plot_run
+
+        plot_run(self.history, self.out_dir / "curves.png", self.title)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def make_loaders(
+    data: DataBundle, cfg: TrainConfig, device: torch.device, channels_last: bool, info: distributed.DistInfo
+) -> tuple[Any, Any]:
+    """The training and validation loaders: device-resident for in-memory data, DataLoader workers otherwise."""
+    common = dict(mean=data.mean, std=data.std, device=device, channels_last=channels_last,
+                  rank=info.rank, world=info.world)
+    if cfg.batch_size % info.world:
+        raise UserError(f"batch size {cfg.batch_size} does not split over {info.world} processes")
+    if data.in_memory:
+        train = MemoryLoader(data.train.images, data.train.labels, cfg.batch_size, train=True, seed=cfg.seed,
+                             pad=cfg.pad if cfg.augment == "crop-flip" else 0, flip=cfg.augment != "none", **common)
+        val = None
+        if data.val is not None and len(data.val):
+            val = MemoryLoader(data.val.images, data.val.labels, max(256, cfg.batch_size), train=False, **common)
+    else:
+        train = StreamLoader(data.train, cfg.batch_size, train=True, seed=cfg.seed, workers=cfg.workers, **common)
+        val = None
+        if data.val is not None and len(data.val):
+            val = StreamLoader(data.val, cfg.batch_size, train=False, seed=cfg.seed, workers=cfg.workers, **common)
+    if len(train) == 0:
+        raise UserError(f"batch size {cfg.batch_size} is larger than the {len(data.train)} training images")
+    return train, val
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(cfg: TrainConfig, argv: list[str] | None = None, log: Callable[[str], None] | None = None) -> RunResult:
+    """Train ``cfg.model`` on ``cfg.data`` with ``cfg``'s recipe; see the module docstring."""
+    info = distributed.setup(cfg.device)
+    log = log or (lambda msg: print(msg, flush=True) if info.is_main else None)
+    try:
+        return _train(cfg, argv or [], log, info)
+    finally:
+        distributed.teardown()
+
+
+def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: distributed.DistInfo) -> RunResult:
+    device = info.device
+
+    # Resume: the run folder's own config wins, except where this process runs and how fast.
+    resume_ckpt = None
+    if cfg.resume:
+        resume_dir = Path(cfg.resume)
+        if not (resume_dir / "last.pt").is_file():
+            raise UserError(f"--resume {resume_dir}: no such run folder (expected {resume_dir / 'last.pt'})")
+        resume_ckpt = load_checkpoint(resume_dir / "last.pt")
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        saved = {k: v for k, v in resume_ckpt["config"].items() if k in known}
+        saved["milestones"] = tuple(saved.get("milestones", ()))
+        cfg = TrainConfig(**saved).replace(
+            resume=str(resume_dir), out=str(resume_dir), device=cfg.device, compile=cfg.compile, workers=cfg.workers
+        )
+
+    out_dir = Path(cfg.out) if cfg.out else default_out_dir(cfg.model)
+    if not cfg.resume and (out_dir / "last.pt").exists():
+        raise UserError(f"{out_dir} already holds a run; continue it with --resume {out_dir} or pick another --out")
+
+    # Data first: the class count and channels decide the classifier and stem.
+    data = open_data(cfg.data, val_split=cfg.val_split, subset=cfg.subset, seed=cfg.seed,
+                     image_size=cfg.image_size, log=log)
+    log(f"data: {data.source}")
+
+    torch.manual_seed(cfg.seed)
+    model_args = {"num_classes": len(data.classes), "in_chans": data.in_chans, **cfg.model_args}
+    model = create_model(cfg.model, **model_args)
+    if cfg.init and resume_ckpt is None:
+        from ..export.convert import load_pretrained
+
+        log(load_pretrained(model, cfg.init, replace_classifier=True))
+    if cfg.sync_bn and info.world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    channels_last, amp = fast_defaults(cfg, device)
+    train_loader, val_loader = make_loaders(data, cfg, device, channels_last, info)
+    steps_per_epoch = len(train_loader)
+    schedule = resolve_schedule(cfg, steps_per_epoch, count_layers(unwrap(model)))
+    eval_every = cfg.eval_every or max(1, min(steps_per_epoch, math.ceil(schedule.total / 20)))
+
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        parameter_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias),
+        lr=schedule.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+    )
+
+    step, wall_before, best = 0, 0.0, None
+    if resume_ckpt is not None:
+        load_weights(unwrap(model), resume_ckpt["state_dict"], source=f"{cfg.resume}/last.pt")
+        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        step = int(resume_ckpt["step"])
+        wall_before = float(resume_ckpt.get("wall_time", 0.0))
+        best = resume_ckpt.get("best")
+        torch.set_rng_state(resume_ckpt["rng"]["torch"])
+        log(f"resumed {cfg.resume} at iteration {step} of {schedule.total}")
+
+    resolved = {
+        **cfg.to_dict(),
+        "out": str(out_dir),
+        "resolved": {
+            "total_iters": schedule.total, "milestones_iters": list(schedule.milestones),
+            "warmup_iters": schedule.warmup_iters, "warmup_lr": schedule.warmup_lr,
+            "steps_per_epoch": steps_per_epoch, "eval_every": eval_every, "device": str(device),
+            "channels_last": channels_last, "amp": amp, "world_size": info.world,
+            "model_args": model_args, "depth": count_layers(unwrap(model)),
+            "classes": data.classes, "mean": list(data.mean), "std": list(data.std),
+            "data_source": data.source, "val_name": data.val_name,
+        },
+        "command": argv,
+    }
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    metrics = MetricsLog(out_dir, info.is_main, f"{cfg.model} | {cfg.recipe} | {data.source}")
+    metrics.truncate(step)
+
+    ddp_model = model
+    if info.world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    forward = torch.compile(ddp_model) if cfg.compile else ddp_model
+    input_size = [data.in_chans, data.image_size, data.image_size]
+
+    def checkpoint(path_name: str, last_record: dict | None) -> None:
+        if not info.is_main:
+            return
+        state = make_checkpoint(
+            model, classes=data.classes, mean=data.mean, std=data.std, input_size=input_size,
+            optimizer=optimizer.state_dict(), step=step, epoch=step / steps_per_epoch,
+            rng={"torch": torch.get_rng_state()}, config=resolved, best=best, metrics=last_record,
+            wall_time=wall_before + (time.perf_counter() - started),
+        )
+        atomic_save(state, out_dir / path_name)
+
+    log(
+        f"training {cfg.model} ({count_layers(unwrap(model))} layers) for {schedule.total} iterations "
+        f"({schedule.total / steps_per_epoch:.1f} epochs of {steps_per_epoch}), batch {cfg.batch_size}, "
+        f"recipe {cfg.recipe}, {device}, channels_last={channels_last}, amp={amp}, compile={cfg.compile}, "
+        f"world={info.world}; writing to {out_dir}"
+    )
+
+    started = time.perf_counter()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, errors, images since last eval
+    train_time = 0.0
+    status = "completed"
+    last_record = None
+    progress = Progress(enabled=info.is_main, steps_per_epoch=steps_per_epoch, total=schedule.total)
+    stop = StopRequest()
+    with stop.installed():
+        while step < schedule.total:
+            epoch, index = divmod(step, steps_per_epoch)
+            t0 = time.perf_counter()
+            x, y = train_loader.batch(epoch, index)
+            lr = lr_at(step, schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast(device, amp):
+                logits = forward(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            with torch.no_grad():
+                sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) != y).sum().double(),
+                                     torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
+            if device.type == "cpu" or step % 50 == 0 or step % eval_every == 0:
+                if not torch.isfinite(sums[0]):
+                    raise TrainingDiverged(
+                        f"loss became non-finite near iteration {step} (lr {lr:g}); the last good checkpoint "
+                        f"is {out_dir / 'last.pt'}; lower --lr or check the data"
+                    )
+            train_time += time.perf_counter() - t0
+            progress.update(step, loss=float(sums[0] / sums[2].clamp(min=1)) if progress.tty else None, lr=lr)
+
+            stopping = distributed.broadcast_flag(stop.signum is not None, info)
+            if step % eval_every == 0 or step == schedule.total or stopping:
+                # Every rank joins the all-reduce of the train sums and the sharded evaluation.
+                if info.world > 1:
+                    dist.all_reduce(sums)
+                n_seen = max(1.0, float(sums[2]))
+                record = {
+                    "iteration": step, "epoch": round(step / steps_per_epoch, 3), "lr": lr,
+                    "train_loss": float(sums[0]) / n_seen, "train_err": float(sums[1]) / n_seen,
+                    "img_s": float(sums[2]) / max(train_time, 1e-9),
+                }
+                if val_loader is not None and not stopping:
+                    res = evaluate(forward, val_loader.epoch(0), len(data.classes), device=device, amp=amp,
+                                   tta_flip=cfg.tta_flip)
+                    record.update(val_loss=res["loss"], val_top1_err=res["top1_err"], val_top5_err=res["top5_err"])
+                record["wall_time"] = wall_before + time.perf_counter() - started
+                sums.zero_()
+                train_time = 0.0
+                last_record = record
+                if "val_top1_err" in record and (best is None or record["val_top1_err"] < best["val_top1_err"]):
+                    best = dict(record)
+                    checkpoint("best.pt", record)
+                if not stopping:
+                    metrics.append(record)
+                checkpoint("last.pt", record)
+                progress.log_eval(record, data.val_name)
+            if stopping:
+                status = "interrupted"
+                log(f"stopped at iteration {step}; checkpoint {out_dir / 'last.pt'}; continue with --resume {out_dir}")
+                break
+    progress.close()
+    metrics.close()
+    result = RunResult(out_dir, step, schedule.total, status, best, last_record, metrics.history)
+    if info.is_main and status == "completed":
+        summary = {"best": best, "last": last_record, "total_iters": schedule.total,
+                   "wall_time": wall_before + time.perf_counter() - started}
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        err = f"{best['val_top1_err'] * 100:.2f}%" if best else "n/a (no validation set)"
+        log(f"done: best {data.val_name or 'validation'} top-1 error {err}; checkpoints in {out_dir}")
+    result.signal = stop.signum  # type: ignore[attr-defined]
+    return result
+
+
+class Progress:
+    """A tqdm bar per epoch on a terminal; plain log lines otherwise (CI, files, pipes)."""
+
+    def __init__(self, enabled: bool, steps_per_epoch: int, total: int) -> None:
+        self.enabled, self.steps_per_epoch, self.total = enabled, steps_per_epoch, total
+        self.tty = enabled and sys.stderr.isatty()
+        self.bar = None
+        self.last_print = time.perf_counter()
+
+    def update(self, step: int, loss: float | None, lr: float) -> None:
+        if not self.tty:
+            return
+        from tqdm import tqdm
+
+        epoch, index = divmod(step - 1, self.steps_per_epoch)
+        if self.bar is None or index == 0:
+            if self.bar is not None:
+                self.bar.close()
+            remaining = min(self.steps_per_epoch, self.total - epoch * self.steps_per_epoch)
+            self.bar = tqdm(total=remaining, initial=index, desc=f"epoch {epoch + 1}", unit="it", leave=False)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", refresh=False)
+
+    def log_eval(self, r: dict[str, Any], val_name: str) -> None:
+        if not self.enabled:
+            return
+        val = (f" {val_name or 'val'} loss {r['val_loss']:.3f} top-1 err {r['val_top1_err'] * 100:.2f}%"
+               f" top-5 err {r['val_top5_err'] * 100:.2f}%" if "val_loss" in r else "")
+        line = (f"iter {r['iteration']}/{self.total} epoch {r['epoch']:.2f} lr {r['lr']:.3g} "
+                f"train loss {r['train_loss']:.3f} err {r['train_err'] * 100:.2f}%{val} "
+                f"{r['img_s']:.0f} img/s {r['wall_time']:.0f}s")
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+

@@ -1,0 +1,217 @@
+"""Training engine: the paper's schedule, exact resume, clean stops, divergence, and bad input from the CLI."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnetlab.cli import main
+from resnetlab.engine import checkpoint as ckpt_mod
+from resnetlab.engine import train as train_mod
+from resnetlab.engine.config import RECIPES, recipe_config
+from resnetlab.engine.schedule import Schedule, lr_at
+from resnetlab.engine.train import TrainingDiverged, resolve_schedule, train
+from resnetlab.errors import UserError
+
+SAMPLE = str(Path(__file__).resolve().parents[1] / "resnetlab" / "data" / "sample" / "cifar10-sample")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESNETLAB_DATA", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def tiny(tmp_path: Path, name: str = "run", **kw) -> "train_mod.TrainConfig":
+    """A few iterations of resnet20 on 320 sample images, with a step schedule so lr changes matter."""
+    values = dict(data=SAMPLE, subset=320, batch_size=32, iters=8, eval_every=4, out=str(tmp_path / name),
+                  device="cpu", seed=3, warmup_iters=0)
+    values.update(kw)
+    return recipe_config("paper-cifar", **values)
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def test_paper_cifar_schedule_matches_section_4_2() -> None:
+    cfg = recipe_config("paper-cifar")
+    s = resolve_schedule(cfg, steps_per_epoch=351, depth=56)
+    assert s.total == 64_000 and s.milestones == (32_000, 48_000) and s.warmup_iters == 0
+    assert lr_at(0, s) == 0.1 and lr_at(31_999, s) == 0.1
+    assert lr_at(32_000, s) == pytest.approx(0.01) and lr_at(47_999, s) == pytest.approx(0.01)
+    assert lr_at(48_000, s) == pytest.approx(0.001) and lr_at(63_999, s) == pytest.approx(0.001)
+
+
+def test_110_layer_warmup_goes_back_to_0_1() -> None:
+    """Paper Sec. 4.2: 0.01 until ~400 iterations, *then back to 0.1* (popular reproductions stay at 0.01)."""
+    cfg = recipe_config("paper-cifar")
+    s = resolve_schedule(cfg, steps_per_epoch=351, depth=110)
+    assert s.warmup_iters == 400
+    assert all(lr_at(i, s) == 0.01 for i in (0, 1, 200, 399))
+    assert lr_at(400, s) == 0.1 and lr_at(20_000, s) == 0.1
+    assert lr_at(32_000, s) == pytest.approx(0.01)
+    # 56 layers: no warm-up at all.
+    assert lr_at(0, resolve_schedule(cfg, 351, depth=56)) == 0.1
+
+
+def test_schedule_scales_with_run_length_and_shapes() -> None:
+    s = resolve_schedule(recipe_config("paper-cifar", iters=1000), 351, depth=20)
+    assert s.milestones == (500, 750)
+    fast = resolve_schedule(recipe_config("fast-cifar"), 175, depth=20)
+    assert fast.total == 30 * 175 and fast.kind == "linear"
+    assert lr_at(fast.warmup_iters - 1, fast) == pytest.approx(0.4)
+    assert lr_at(fast.total - 1, fast) < 0.01
+    cos = Schedule(1.0, 100, "cosine")
+    assert lr_at(0, cos) == 1.0 and lr_at(50, cos) == pytest.approx(0.5) and lr_at(100, cos) == pytest.approx(0.0)
+    imagenet = resolve_schedule(recipe_config("paper-imagenet"), 5005, depth=50)
+    assert imagenet.milestones == (30 * 5005, 60 * 5005) and imagenet.total == 90 * 5005
+
+
+def test_recipes_are_typed_and_listed(capsys: pytest.CaptureFixture) -> None:
+    assert set(RECIPES) == {"paper-cifar", "fast-cifar", "paper-imagenet"}
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "paper-cifar" in out and "32k and 48k" in out
+    cfg = recipe_config("paper-imagenet", lr=0.2)
+    assert cfg.lr == 0.2 and cfg.batch_size == 256 and cfg.augment == "rrc-flip"
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def test_run_folder_contents(tmp_path: Path) -> None:
+    result = train(tiny(tmp_path))
+    out = result.out_dir
+    for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "summary.json"):
+        assert (out / name).is_file(), name
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in lines] == [4, 8]
+    for key in ("iteration", "epoch", "lr", "train_loss", "train_err", "val_loss", "val_top1_err", "val_top5_err",
+                "img_s", "wall_time"):
+        assert key in lines[-1]
+    config = json.loads((out / "config.json").read_text())
+    assert config["resolved"]["milestones_iters"] == [4, 6] and config["model"] == "resnet20"
+    # A checkpoint is plain data: loads with weights_only=True and rebuilds the model by itself.
+    raw = torch.load(out / "last.pt", weights_only=True)
+    assert raw["step"] == 8 and raw["classes"][0] == "airplane" and len(raw["normalization"]["mean"]) == 3
+    model = ckpt_mod.model_from_checkpoint(raw)
+    assert model.fc.out_features == 10
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGINT at iteration 5 saves a checkpoint; resuming ends with the uninterrupted run's weights."""
+    straight = train(tiny(tmp_path, "straight"))
+    real_lr_at = train_mod.lr_at
+
+    def interrupt_at_5(step: int, s: Schedule) -> float:
+        if step == 5:
+            signal.raise_signal(signal.SIGINT)
+        return real_lr_at(step, s)
+
+    monkeypatch.setattr(train_mod, "lr_at", interrupt_at_5)
+    first = train(tiny(tmp_path, "resumed"))
+    assert first.status == "interrupted" and first.step == 6
+    monkeypatch.setattr(train_mod, "lr_at", real_lr_at)
+    second = train(tiny(tmp_path, "ignored-out").replace(resume=str(tmp_path / "resumed")))
+    assert second.status == "completed" and second.step == 8
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["state_dict"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+    history = [json.loads(x)["iteration"] for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert history == [4, 8]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_ce = train_mod.F.cross_entropy
+
+    def nan_after_4(logits, y, **kw):
+        loss = real_ce(logits, y, **kw)
+        return loss * float("nan") if torch.is_grad_enabled() and nan_after_4.calls >= 5 else loss
+
+    nan_after_4.calls = 0
+    real_step = torch.optim.SGD.step
+
+    def counting_step(self, *a, **kw):
+        nan_after_4.calls += 1
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", counting_step)
+    monkeypatch.setattr(train_mod.F, "cross_entropy", nan_after_4)
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        train(tiny(tmp_path))
+    good = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert good["step"] == 4
+    assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())
+
+
+def test_overfit_one_batch(tmp_path: Path) -> None:
+    """A residual net must drive the training error on 32 fixed images to zero."""
+    cfg = tiny(tmp_path, subset=32, batch_size=32, iters=40, eval_every=40, lr=0.05, milestones=(),
+               weight_decay=0.0, augment="none")
+    result = train(cfg)
+    assert result.history[-1]["train_err"] < 0.3  # averaged over all 40 iterations
+    # The final model classifies the very batch it saw, without augmentation, perfectly.
+    raw = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    model = ckpt_mod.model_from_checkpoint(raw).eval()
+    from resnetlab.data import open_data
+
+    data = open_data(SAMPLE, subset=32, seed=3, log=lambda _m: None)
+    x = (data.train.images.float() / 255 - torch.tensor(data.mean).view(1, 3, 1, 1)) / torch.tensor(
+        data.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert (model(x).argmax(1) == data.train.labels).float().mean() == 1.0
+
+
+def test_evaluate_and_predict_from_checkpoint_alone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    train(tiny(tmp_path))
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run" / "best.pt"), "--data", SAMPLE, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n"] == 600 and 0 <= res["top1"] <= res["top5"] <= 1 and len(res["confusion"]) == 10
+    image = sorted(Path(SAMPLE, "test", "cat").iterdir())[0]
+    assert main(["predict", str(tmp_path / "run"), str(image), "--topk", "3", "--json"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert len(record["top"]) == 3 and abs(sum(t["prob"] for t in record["top"])) <= 1.0 + 1e-6
+
+
+# ----------------------------------------------------------------------------- bad input: one line, exit 2
+
+
+def _fails(argv: list[str], capsys: pytest.CaptureFixture, match: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("resnetlab: error:") and match in err[-1], err
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_images = tmp_path / "noimages" / "cat"
+    no_images.mkdir(parents=True)
+    (no_images / "notes.txt").write_text("not an image")
+    base = ["train", "--iters", "1", "--device", "cpu"]
+    _fails(base + ["--data", str(tmp_path / "missing")], capsys, "does not exist")
+    _fails(base + ["--data", str(empty)], capsys, "empty")
+    _fails(base + ["--data", str(tmp_path / "noimages")], capsys, "no images")
+    _fails(base + ["--data", SAMPLE, "--model", "resnet21"], capsys, "unknown model")
+    _fails(base + ["--data", SAMPLE, "--recipe", "fastest"], capsys, "unknown recipe")
+    _fails(base + ["--data", SAMPLE, "--val-split", "5000"], capsys, "val_split")
+    _fails(base + ["--resume", str(tmp_path / "nothere")], capsys, "no such run folder")
+    _fails(["evaluate", str(tmp_path / "nothere.pt"), "--data", SAMPLE], capsys, "not found")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    _fails(["evaluate", str(tmp_path / "junk.pt"), "--data", SAMPLE], capsys, "not a readable resnetlab checkpoint")
+
+
+def test_checkpoint_of_another_architecture_or_class_count(tmp_path: Path) -> None:
+    from resnetlab import create_model
+
+    state = create_model("resnet32").state_dict()
+    with pytest.raises(UserError, match="does not fit resnet20: .*layer1.0.conv1|missing|unexpected"):
+        ckpt_mod.load_weights(create_model("resnet20"), state)
+    with pytest.raises(UserError, match="fc.weight"):
+        ckpt_mod.load_weights(create_model("resnet20", num_classes=100), create_model("resnet20").state_dict())
