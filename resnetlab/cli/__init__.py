@@ -16,6 +16,7 @@ from ..errors import UserError
 
 COMMAND_MODULES = [
     "resnetlab.cli.models",
+    "resnetlab.cli.export",
     "resnetlab.cli.train",
     "resnetlab.cli.evaluate",
 ]
