@@ -17,6 +17,7 @@ from ..errors import UserError
 COMMAND_MODULES = [
     "resnetlab.cli.models",
     "resnetlab.cli.export",
+    "resnetlab.cli.analyze",
     "resnetlab.cli.train",
     "resnetlab.cli.evaluate",
 ]
