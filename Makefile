@@ -14,7 +14,7 @@ $(BIN)/resnetlab: pyproject.toml constraints.txt
 install: $(BIN)/resnetlab
 
 demo: install
-	$(BIN)/resnetlab models
+	$(BIN)/resnetlab train --model resnet20 --recipe fast-cifar --epochs 15
 
 test: install
 	$(BIN)/python -m pytest -q

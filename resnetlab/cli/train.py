@@ -50,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under torchrun")
     p.add_argument("--init", help="start from these weights (checkpoint, torchvision/timm state dict, safetensors)")
     p.add_argument("--out", help="run folder (default runs/<model>-<timestamp>)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint; 'auto': "
+                                                   "continue --out if it holds one, else start there "
+                                                   "(for torchrun --max-restarts)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("recipes", help="list the training recipes and their settings")

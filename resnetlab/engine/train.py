@@ -222,6 +222,12 @@ def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: 
 
     # Resume: the run folder's own config wins, except where this process runs and how fast.
     resume_ckpt = None
+    if cfg.resume == "auto":
+        # torchrun --max-restarts relaunches the same command: the first attempt starts the run in --out,
+        # a restarted one continues it from there.
+        if not cfg.out:
+            raise UserError("--resume auto needs --out DIR (the run folder to continue, or to start the run in)")
+        cfg = cfg.replace(resume=cfg.out if (Path(cfg.out) / "last.pt").is_file() else None)
     if cfg.resume:
         resume_dir = Path(cfg.resume)
         if not (resume_dir / "last.pt").is_file():
@@ -230,8 +236,10 @@ def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: 
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         saved = {k: v for k, v in resume_ckpt["config"].items() if k in known}
         saved["milestones"] = tuple(saved.get("milestones", ()))
+        # --sync-bn may be added on resume: a run started by 1 process can continue on N with synced statistics.
         cfg = TrainConfig(**saved).replace(
-            resume=str(resume_dir), out=str(resume_dir), device=cfg.device, compile=cfg.compile, workers=cfg.workers
+            resume=str(resume_dir), out=str(resume_dir), device=cfg.device, compile=cfg.compile, workers=cfg.workers,
+            sync_bn=cfg.sync_bn or bool(saved.get("sync_bn")),
         )
 
     out_dir = Path(cfg.out) if cfg.out else default_out_dir(cfg.model)
@@ -251,7 +259,7 @@ def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: 
 
         log(load_pretrained(model, cfg.init, replace_classifier=True))
     if cfg.sync_bn and info.world > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = distributed.convert_sync_batchnorm(model, device)
 
     channels_last, amp = fast_defaults(cfg, device)
     train_loader, val_loader = make_loaders(data, cfg, device, channels_last, info)
@@ -276,6 +284,10 @@ def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: 
         best = resume_ckpt.get("best")
         torch.set_rng_state(resume_ckpt["rng"]["torch"])
         log(f"resumed {cfg.resume} at iteration {step} of {schedule.total}")
+    if not distributed.same_on_all_ranks(step, info):
+        # E.g. a node that cannot see the run folder starts afresh while rank 0 resumes.
+        raise UserError(f"the {info.world} processes start at different iterations (rank {info.rank} at {step}); "
+                        "the run folder must be on storage that every node sees")
 
     resolved = {
         **cfg.to_dict(),
@@ -303,6 +315,10 @@ def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: 
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     forward = torch.compile(ddp_model) if cfg.compile else ddp_model
+    # Evaluation goes around DDP: DDP broadcasts buffers on every forward, which needs the same number of eval
+    # batches on every rank, and sharding the last partial batch does not give that (StreamLoader); rank 0's
+    # buffers are broadcast once per evaluation instead.
+    eval_forward = forward if info.world == 1 else (torch.compile(model) if cfg.compile else model)
     input_size = [data.in_chans, data.image_size, data.image_size]
 
     def checkpoint(path_name: str, last_record: dict | None) -> None:
@@ -369,7 +385,8 @@ def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: 
                     "img_s": float(sums[2]) / max(train_time, 1e-9),
                 }
                 if val_loader is not None and not stopping:
-                    res = evaluate(forward, val_loader.epoch(0), len(data.classes), device=device, amp=amp,
+                    distributed.broadcast_buffers(model, info)
+                    res = evaluate(eval_forward, val_loader.epoch(0), len(data.classes), device=device, amp=amp,
                                    tta_flip=cfg.tta_flip)
                     record.update(val_loss=res["loss"], val_top1_err=res["top1_err"], val_top5_err=res["top5_err"])
                 record["wall_time"] = wall_before + time.perf_counter() - started
