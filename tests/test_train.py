@@ -61,7 +61,7 @@ def test_schedule_scales_with_run_length_and_shapes() -> None:
     s = resolve_schedule(recipe_config("paper-cifar", iters=1000), 351, depth=20)
     assert s.milestones == (500, 750)
     fast = resolve_schedule(recipe_config("fast-cifar"), 175, depth=20)
-    assert fast.total == 30 * 175 and fast.kind == "linear"
+    assert fast.total == 20 * 175 and fast.kind == "linear"
     assert lr_at(fast.warmup_iters - 1, fast) == pytest.approx(0.4)
     assert lr_at(fast.total - 1, fast) < 0.01
     cos = Schedule(1.0, 100, "cosine")

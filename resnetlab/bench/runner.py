@@ -1,0 +1,554 @@
+"""Measure every mode of one model side by side: throughput, agreement with the reference, share of peak.
+
+Everything comes from one run on one machine, so ratios hold even when the machine
+is shared: the machine's peak is measured in the same run (large fp32 and bf16
+matmuls), and the timed repeats of the modes are *interleaved* (repeat 1 of every
+mode, then repeat 2, ...), so a burst of load from another process slows all modes
+alike instead of one. Images/s is the median of the repeats; the ratio to
+``eager-fp32`` is the median of the per-round ratios.
+
+Conventions:
+  * a training step is what ``resnetlab train`` does per iteration: a batch from
+    :class:`~resnetlab.data.MemoryLoader` (crop + flip + normalise on the device),
+    forward under autocast, cross-entropy, backward, SGD with momentum;
+  * GFLOP/s counts 2 FLOPs per multiply-add of convolutions and the fc layer (as
+    ``resnetlab models``); a training image costs 3 forward passes (forward, and a
+    backward pass of twice the forward's work), inference one;
+  * agreement: every mode runs the same input from the same weights as ``eager-fp32``;
+    the error is ``max|out - ref| / max(1, max|ref|)`` on the logits (as ``resnetlab
+    export`` checks), and for training also the cosine similarity of the gradient of
+    all parameters with the reference's.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data import MemoryLoader
+from ..engine.evaluate import autocast
+from ..errors import UserError
+from ..models import create_model, model_family
+from ..models.profile import count_macs, meta_model
+from .modes import REFERENCE, Mode
+
+# Agreement with eager-fp32, by autocast dtype: (largest logit error, smallest gradient
+# cosine similarity). fp32 modes differ by summation order only (oneDNN NHWC kernels,
+# inductor fusion, folded BN). Gradients are compared by direction, not elementwise: at
+# initialisation a deep net's early BN gradients are sums that largely cancel, so bf16's
+# 8-bit mantissa moves them a lot (ResNet-56, batch 128: bf16 autocast is 21% from a
+# float64 run in norm, up to 80% on single BN biases, cosine 0.977; channels_last fp32
+# 0.5%, cosine 0.99999). A wrong backward pass (a missing term, a sign) lands far below
+# these limits.
+TOLERANCE = {"none": (1e-3, 0.999), "bf16": (5e-2, 0.9), "fp16": (1e-2, 0.99)}
+# SGD as the recipes use it; a small rate so minutes of steps on random labels stay finite.
+BENCH_LR = 0.01
+# Memory for the synthetic training set of each loader (uint8, padded).
+LOADER_BYTES = 256 * 2**20
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so wall-clock timings cover it (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 3) -> float:
+    """Achieved GFLOP/s of a ``size`` x ``size`` x ``size`` product in ``dtype``: the machine's practical peak.
+
+    The best repeat of the best of three GEMM routes: ``torch.mm``, the same product as
+    a 1x1 convolution, and oneDNN's inner product on CPU. They differ a lot on AMD CPUs,
+    where MKL's fp32 ``torch.mm`` reaches about half of what oneDNN (the convolution
+    library) gets from the same cores. The best repeat, not the median: another
+    process can only slow a repeat down, and a peak is what the cores can do.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(device, dtype)
+    b = torch.randn(size, size, generator=gen).to(device, dtype)
+    # 1x1 convolution over a 1 x size x (size/32) x 32 map: size*size*size multiply-adds, same as a @ b.
+    x = a.t().reshape(1, size, size // 32, 32).contiguous(memory_format=torch.channels_last)
+    w = b.reshape(size, size, 1, 1).contiguous(memory_format=torch.channels_last)
+    routes: list[Callable[[], Any]] = [lambda: torch.mm(a, b), lambda: F.conv2d(x, w)]
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        try:  # private API: oneDNN's GEMM on its own tensor layout; skipped where it is missing
+            am, bm = a.to_mkldnn(), b.to_mkldnn()
+            torch._C._nn.mkldnn_linear(am, bm)
+            routes.append(lambda: torch._C._nn.mkldnn_linear(am, bm))
+        except (AttributeError, RuntimeError):
+            pass
+    flops = 2 * size**3
+    best = 0.0
+    for fn in routes:
+        fn()  # warm-up: library dispatch, first-touch of the output
+        for _ in range(repeats):
+            synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            best = max(best, flops / max(time.perf_counter() - t0, 1e-9) / 1e9)
+    return best
+
+
+def relative_error(out: Tensor, ref: Tensor) -> float:
+    """``max|out - ref| / max(1, max|ref|)``: absolute for logits of order one, relative for huge ones."""
+    out, ref = out.detach().float().cpu(), ref.detach().float().cpu()
+    return float((out - ref).abs().max()) / max(1.0, float(ref.abs().max()))
+
+
+def gradient_cosine(grad: Tensor, ref: Tensor) -> float:
+    """Cosine similarity of two flattened gradients (1.0: the same direction)."""
+    grad, ref = grad.double().cpu(), ref.double().cpu()
+    return float(torch.dot(grad, ref) / (grad.norm() * ref.norm()).clamp(min=1e-300))
+
+
+# --------------------------------------------------------------------------- runners: one per mode
+
+
+class _Runner:
+    """A mode made ready to run: ``check()`` gives its outputs for agreement, ``step()`` one timed iteration."""
+
+    images_per_step: int
+
+    def check(self) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+    def step(self, index: int) -> float:
+        """Run one iteration; return the seconds of it spent producing the batch (0 when there is none)."""
+        raise NotImplementedError
+
+
+class _TrainRunner(_Runner):
+    def __init__(self, base: nn.Module, mode: Mode, loader: MemoryLoader, check_batch: tuple[Tensor, Tensor],
+                 device: torch.device) -> None:
+        model = copy.deepcopy(base).to(device).train()
+        if mode.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model, self.mode, self.loader, self.device = model, mode, loader, device
+        # As the training loop: compile the module, autocast outside it.
+        self.forward = torch.compile(model) if mode.compile else model
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=BENCH_LR, momentum=0.9, weight_decay=1e-4)
+        memory_format = torch.channels_last if mode.channels_last else torch.contiguous_format
+        x, y = check_batch
+        self.check_batch = (x.contiguous(memory_format=memory_format), y)
+        self.images_per_step = loader.batch_size
+        self.steps_per_epoch = len(loader)
+
+    def check(self) -> tuple[Tensor, Tensor | None]:
+        x, y = self.check_batch
+        with autocast(self.device, self.mode.amp):
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits, y)
+        loss.backward()
+        grads = torch.cat([p.grad.detach().float().flatten() for p in self.model.parameters()])
+        self.optimizer.zero_grad(set_to_none=True)
+        return logits.detach().float(), grads
+
+    def step(self, index: int) -> float:
+        epoch, i = divmod(index, self.steps_per_epoch)
+        t0 = time.perf_counter()
+        x, y = self.loader.batch(epoch, i)
+        synchronize(self.device)
+        data_s = time.perf_counter() - t0
+        with autocast(self.device, self.mode.amp):
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return data_s
+
+
+class _InferRunner(_Runner):
+    def __init__(self, base: nn.Module, mode: Mode, x: Tensor, device: torch.device) -> None:
+        model = copy.deepcopy(base).eval()
+        if mode.fused:
+            from ..export.fuse import fuse_bn
+
+            model = fuse_bn(model)
+        model = model.to(device)
+        if mode.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.mode, self.device = mode, device
+        # Inference graphs are frozen: weights become constants, so inductor folds BN and
+        # pre-packs convolution weights into oneDNN's blocked layout once instead of every call.
+        self.forward = torch.compile(model, options={"freezing": True}) if mode.compile else model
+        self.x = x.to(device).contiguous(memory_format=torch.channels_last if mode.channels_last
+                                         else torch.contiguous_format)
+        self.images_per_step = len(x)
+
+    def check(self) -> tuple[Tensor, Tensor | None]:
+        with torch.no_grad(), autocast(self.device, self.mode.amp):
+            return self.forward(self.x).float(), None
+
+    def step(self, index: int) -> float:
+        with torch.no_grad(), autocast(self.device, self.mode.amp):
+            self.forward(self.x)
+        return 0.0
+
+
+class _OnnxRunner(_Runner):
+    def __init__(self, base: nn.Module, x: Tensor, tmp_dir: Path) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise _Skip("onnxruntime is not installed (pip install 'resnetlab[export]')") from None
+        from ..export.onnx import export_onnx
+
+        path = tmp_dir / "model.onnx"
+        # Opset 17 goes through the TorchScript-based exporter: fast, and onnxruntime folds BN itself.
+        export_onnx(copy.deepcopy(base).eval(), path, input_size=list(x.shape[1:]), batch=len(x), opset=17)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.x = x.cpu().numpy()
+        self.images_per_step = len(x)
+
+    def check(self) -> tuple[Tensor, Tensor | None]:
+        return torch.from_numpy(self.session.run(None, {self.input_name: self.x})[0]), None
+
+    def step(self, index: int) -> float:
+        self.session.run(None, {self.input_name: self.x})
+        return 0.0
+
+
+class _Skip(Exception):
+    """A mode that cannot run here (missing package, no compiler); reported, not fatal."""
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class ModeResult:
+    """One mode's measurements; ``skipped`` says why there are none."""
+
+    mode: Mode
+    img_s: float | None = None
+    repeats_img_s: list[float] = field(default_factory=list)
+    ratio: float | None = None
+    gflops: float | None = None
+    peak_pct: float | None = None
+    data_pct: float | None = None
+    error: float | None = None
+    grad_cosine: float | None = None
+    tolerance: float = 0.0
+    grad_min_cosine: float | None = None
+    agrees: bool | None = None
+    setup_s: float = 0.0
+    skipped: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able record."""
+        r = lambda v, d=4: None if v is None else round(v, d)  # noqa: E731
+        out: dict[str, Any] = {
+            "img_s": r(self.img_s, 2), "ratio": r(self.ratio, 3), "gflops": r(self.gflops, 2),
+            "peak_pct": r(self.peak_pct, 2), "repeats_img_s": [round(v, 2) for v in self.repeats_img_s],
+            "max_error": self.error, "tolerance": self.tolerance, "agrees": self.agrees,
+            "setup_s": round(self.setup_s, 2), "flags": self.mode.summary(), "description": self.mode.description,
+        }
+        if self.grad_cosine is not None:
+            out["grad_cosine"], out["grad_min_cosine"] = self.grad_cosine, self.grad_min_cosine
+        if self.data_pct is not None:
+            out["data_pct"] = r(self.data_pct, 2)
+        if self.skipped:
+            out["skipped"] = self.skipped
+        return out
+
+
+@dataclass
+class BenchResult:
+    """Everything one ``resnetlab bench`` run measured."""
+
+    task: str
+    model: str
+    device: str
+    batch_size: int
+    input_size: tuple[int, int, int]
+    macs: int
+    peak_gflops: dict[str, float]
+    results: list[ModeResult]
+    threads: int
+    load_before: tuple[float, float, float] | None = None
+    load_after: tuple[float, float, float] | None = None
+
+    @property
+    def flops_per_image(self) -> int:
+        """2 FLOPs per multiply-add; a training image is 3 forward passes' worth (forward + backward)."""
+        return 2 * self.macs * (3 if self.task == "train" else 1)
+
+    @property
+    def best(self) -> str | None:
+        """The fastest mode whose outputs agree with the reference, by the (paired, load-robust) ratio."""
+        ok = [r for r in self.results if r.ratio is not None and r.agrees]
+        return max(ok, key=lambda r: r.ratio).mode.name if ok else None
+
+    @property
+    def agree(self) -> bool:
+        """Whether every mode that ran matches eager-fp32 within its tolerance."""
+        return all(r.agrees for r in self.results if r.skipped is None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` object."""
+        return {
+            "task": self.task, "model": self.model, "device": self.device, "batch_size": self.batch_size,
+            "input_size": list(self.input_size), "threads": self.threads, "torch": torch.__version__,
+            "macs_per_image": self.macs,
+            "flop_convention": "2 FLOPs per multiply-add (convs + fc); training image = 3 forward passes",
+            "peak_gflops": {k: round(v, 2) for k, v in self.peak_gflops.items()},
+            "load_avg_before": self.load_before, "load_avg_after": self.load_after, "env": _threading_env(),
+            "modes": {r.mode.name: r.to_dict() for r in self.results},
+            "best": self.best, "agree": self.agree,
+        }
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def _peaks(device: torch.device, precisions: list[str], size: int) -> dict[str, float]:
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    return {p: matmul_peak(device, dtypes[p], size) for p in precisions}
+
+
+def _threading_env() -> dict[str, str]:
+    """The OpenMP/MKL settings in force: on a shared machine they change every figure (docs/benchmarks.md)."""
+    keys = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "KMP_BLOCKTIME")
+    return {k: os.environ[k] for k in keys if k in os.environ}
+
+
+def _loadavg() -> tuple[float, float, float] | None:
+    try:
+        return tuple(round(v, 2) for v in os.getloadavg())  # type: ignore[return-value]
+    except OSError:  # not on every platform
+        return None
+
+
+def run_bench(
+    task: str,
+    model_name: str,
+    modes: list[Mode],
+    *,
+    device: torch.device,
+    batch_size: int,
+    input_size: tuple[int, int, int] | None = None,
+    repeats: int = 5,
+    min_time: float = 1.0,
+    warmup: int = 3,
+    peak_size: int = 2048,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Measure ``modes`` (the first must be ``eager-fp32``) of ``model_name`` on ``device`` for ``task``.
+
+    Each mode is built from the same initial weights, checked against the reference on
+    the same input, warmed up ``warmup`` iterations (compilation happens there), then
+    timed ``repeats`` times, interleaved with the other modes, for about ``min_time``
+    seconds per repeat. A mode that cannot run here (no onnxruntime, a compiler
+    error) is reported as skipped.
+    """
+    log = log or (lambda _msg: None)
+    if not modes or modes[0].name != REFERENCE:
+        raise ValueError(f"the first mode must be {REFERENCE}")
+    if batch_size < 1 or repeats < 1 or warmup < 1:
+        raise UserError("--batch-size, --repeats and --warmup must be at least 1")
+    family = model_family(model_name)
+    size = tuple(input_size or family.input_size)
+    overrides = {"in_chans": size[0]} if size[0] != 3 else {}
+    macs = count_macs(meta_model(model_name, **overrides), size)
+    load_before = _loadavg()
+
+    precisions = ["fp32"] + sorted({m.precision for m in modes} - {"fp32"})
+    peak = _peaks(device, precisions, peak_size)
+    log("peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
+
+    torch.manual_seed(seed)
+    base = create_model(model_name, **overrides)
+    gen = torch.Generator().manual_seed(seed)
+    loaders: dict[bool, MemoryLoader] = {}
+    if task == "train":
+        # Synthetic uint8 images through the real loader: crop + flip + normalise as in training.
+        # As many as fast-cifar's 45k-image split where they fit in LOADER_BYTES: the per-batch
+        # shuffle (a permutation of the whole set) is part of the data path being measured.
+        padded = size[0] * (size[1] + 8) * (size[2] + 8)
+        n = min(45_000, max(4 * batch_size, LOADER_BYTES // padded))
+        images = torch.randint(0, 256, (n, *size), generator=gen, dtype=torch.uint8)
+        labels = torch.randint(0, base.num_classes, (n,), generator=gen)
+        for cl in {m.channels_last for m in modes}:
+            loaders[cl] = MemoryLoader(images, labels, batch_size, train=True, mean=[0.5] * size[0],
+                                       std=[0.25] * size[0], device=device, channels_last=cl, seed=seed)
+        check_batch = loaders[modes[0].channels_last].batch(0, 0)
+    else:
+        x = torch.randn(batch_size, *size, generator=gen)
+
+    results: list[ModeResult] = []
+    runners: dict[tuple, _Runner] = {}
+    first_result: dict[tuple, ModeResult] = {}
+    ref_out: Tensor | None = None
+    ref_grad: Tensor | None = None
+    with tempfile.TemporaryDirectory(prefix="resnetlab-bench-") as tmp:
+        for mode in modes:
+            tol, min_cos = TOLERANCE[mode.amp]
+            res = ModeResult(mode, tolerance=tol, grad_min_cosine=min_cos if task == "train" else None)
+            results.append(res)
+            if mode.flags in first_result:  # e.g. ``default`` equal to a listed mode: measured once
+                continue
+            first_result[mode.flags] = res
+            log(f"setting up {mode.name} ({mode.summary()})")
+            t0 = time.perf_counter()
+            try:
+                if mode.runtime == "onnxruntime":
+                    runner: _Runner = _OnnxRunner(base, x, Path(tmp))
+                elif task == "train":
+                    runner = _TrainRunner(base, mode, loaders[mode.channels_last], check_batch, device)
+                else:
+                    runner = _InferRunner(base, mode, x, device)
+                out, grad = runner.check()
+                for i in range(warmup):
+                    runner.step(i)
+                synchronize(device)
+            except _Skip as exc:
+                res.skipped = str(exc)
+            except Exception as exc:  # noqa: BLE001 - a mode that fails here (e.g. no C compiler) is reported
+                if mode.name == REFERENCE:
+                    raise
+                res.skipped = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            res.setup_s = time.perf_counter() - t0
+            if res.skipped:
+                log(f"  skipped: {res.skipped}")
+                continue
+            if mode.name == REFERENCE:
+                ref_out, ref_grad = out, grad
+            res.error = relative_error(out, ref_out)
+            if grad is not None and ref_grad is not None:
+                res.grad_cosine = gradient_cosine(grad, ref_grad)
+            res.agrees = res.error <= res.tolerance and (res.grad_cosine is None or res.grad_cosine >= min_cos)
+            runners[mode.flags] = runner
+
+        # Calibrate: enough iterations per repeat for about ``min_time`` seconds.
+        iters: dict[tuple, int] = {}
+        counter: dict[tuple, int] = {}
+        for flags, runner in runners.items():
+            synchronize(device)
+            t0 = time.perf_counter()
+            runner.step(warmup)
+            synchronize(device)
+            iters[flags] = max(1, math.ceil(min_time / max(time.perf_counter() - t0, 1e-6)))
+            counter[flags] = warmup + 1
+        data_time = {flags: 0.0 for flags in runners}
+        total_time = {flags: 0.0 for flags in runners}
+        for rep in range(repeats):
+            for flags, runner in runners.items():
+                synchronize(device)
+                t0 = time.perf_counter()
+                for _ in range(iters[flags]):
+                    data_time[flags] += runner.step(counter[flags])
+                    counter[flags] += 1
+                synchronize(device)
+                elapsed = time.perf_counter() - t0
+                total_time[flags] += elapsed
+                first_result[flags].repeats_img_s.append(iters[flags] * runner.images_per_step / elapsed)
+            log(f"repeat {rep + 1}/{repeats} done")
+
+    # The peak once more after the modes, keeping the better: load may have eased since.
+    peak = {k: max(v, peak[k]) for k, v in _peaks(device, precisions, peak_size).items()}
+    for flags, res in first_result.items():
+        if flags in runners:
+            res.img_s = statistics.median(res.repeats_img_s)
+            if task == "train":
+                res.data_pct = 100 * data_time[flags] / total_time[flags]
+    ref_repeats = results[0].repeats_img_s
+    result = BenchResult(task, model_name, _device_name(device), batch_size, size, macs, peak, results,
+                         torch.get_num_threads(), load_before, _loadavg())
+    for res in results:
+        src = first_result[res.mode.flags]
+        if src is not res:
+            for name in ("img_s", "repeats_img_s", "data_pct", "error", "grad_cosine", "agrees", "skipped"):
+                setattr(res, name, getattr(src, name))
+        if res.img_s is not None:
+            # Paired: each repeat against the reference's repeat of the same round (seconds
+            # apart), so load that comes and goes between rounds cancels out of the ratio.
+            res.ratio = statistics.median(m / r for m, r in zip(res.repeats_img_s, ref_repeats))
+            res.gflops = res.img_s * result.flops_per_image / 1e9
+            res.peak_pct = 100 * res.gflops / peak[res.mode.precision]
+    return result
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    n = torch.get_num_threads()
+    return f"cpu ({cpu}, {n} thread{'s' if n != 1 else ''})"
+
+
+ERR_WIDTH = 46
+
+
+def format_result(result: BenchResult) -> str:
+    """The human-readable table of a :class:`BenchResult`."""
+    c, h, w = result.input_size
+    lines = [
+        f"resnetlab bench {result.task}: {result.model}, batch {result.batch_size}, {c}x{h}x{w}, {result.device}, "
+        f"torch {torch.__version__}",
+        f"{result.macs / 1e6:.1f} M multiply-adds per image forward; "
+        f"{result.flops_per_image / 1e9:.3f} GFLOP per {'training' if result.task == 'train' else 'inference'} "
+        "image (2 FLOPs/MAC" + (", forward + backward = 3 forwards)" if result.task == "train" else ")"),
+        "peak (best large matmul, same run): " + ", ".join(f"{k} {v:.0f} GFLOP/s"
+                                                           for k, v in result.peak_gflops.items()),
+    ]
+    if result.load_before is not None:
+        env = " ".join(f"{k}={v}" for k, v in _threading_env().items())
+        lines.append(f"load average before {result.load_before[0]:.2f}, after {result.load_after[0]:.2f} "
+                     f"({os.cpu_count()} CPUs)" + (f"; {env}" if env else ""))
+    data_col = result.task == "train"
+    header = f"{'mode':<34}{'img/s':>9}{'ratio':>8}{'GFLOP/s':>9}{'%peak':>7}" + (f"{'data%':>7}" if data_col else "")
+    header += f"  {'error (limit)':<{ERR_WIDTH}}agrees"
+    lines += ["", header, "-" * len(header)]
+    for r in result.results:
+        if r.skipped:
+            lines.append(f"{r.mode.name:<34}skipped: {r.skipped}")
+            continue
+        err = f"{r.error:.1e} ({r.tolerance:.0e})"
+        if r.grad_cosine is not None:
+            err += f", grad cos {r.grad_cosine:.4f} (>={r.grad_min_cosine:g})"
+        line = f"{r.mode.name:<34}{r.img_s:>9.1f}{r.ratio:>7.2f}x{r.gflops:>9.1f}{r.peak_pct:>6.1f}%"
+        if data_col:
+            line += f"{r.data_pct:>6.1f}%"
+        line += f"  {err:<{ERR_WIDTH}}{'yes' if r.agrees else 'NO'}"
+        lines.append(line)
+    default = next((r for r in result.results if r.mode.name == "default"), None)
+    lines.append("")
+    if default is not None:
+        lines.append(f"default = {default.mode.summary()}")
+    best = result.best
+    if best:
+        ratio = next(r.ratio for r in result.results if r.mode.name == best)
+        lines.append(f"best: {best} ({ratio:.2f}x eager-fp32)")
+    what = "logits and parameter gradients" if result.task == "train" else "logits"
+    rule = "logits: max|out-ref|/max(1,max|ref|) <= limit" + ("; gradients: cosine >= limit"
+                                                               if result.task == "train" else "")
+    if result.agree:
+        lines.append(f"agreement: every mode's {what} match eager-fp32 within tolerance ({rule})")
+    else:
+        bad = ", ".join(r.mode.name for r in result.results if r.skipped is None and not r.agrees)
+        lines.append(f"agreement: FAILED for {bad}")
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""``resnetlab bench {train,infer}``: throughput of every execution mode, side by side, in one run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import UserError
+from .common import parse_input_size
+
+DEFAULT_BATCH = {"train": 128, "infer": 16}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="images/s of every execution mode (eager, channels_last, bf16, compile, fused, onnxruntime)",
+        description="Measure a training step or an inference pass of one model in several execution modes on the "
+                    "same input, in one run: images/s (median of interleaved repeats), ratio to eager-fp32, "
+                    "GFLOP/s and share of the machine's matmul peak measured in the same run, and whether every "
+                    "mode's outputs match eager-fp32. Exit status 1 when a mode disagrees.",
+    )
+    p.add_argument("task", choices=["train", "infer"], help="a training step (data + forward + backward + SGD) "
+                                                            "or an inference forward pass")
+    p.add_argument("--model", default="resnet20", help="model name (`resnetlab models`), default resnet20")
+    p.add_argument("--batch-size", type=int, help="default 128 for train, 16 for infer")
+    p.add_argument("--input-size", help="C x H x W, e.g. 3x224x224 (default: the model's native size)")
+    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"], help="default auto")
+    p.add_argument("--modes", help="comma-separated modes (default: all for the task; see --list-modes); "
+                                   "eager-fp32 is always included as the reference")
+    p.add_argument("--list-modes", action="store_true", help="print the modes and exit")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per mode; the median is reported")
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds per timed repeat (default 1)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed iterations first (compilation happens here)")
+    p.add_argument("--peak-size", type=int, default=2048, help="N of the N x N x N matmul that measures the peak")
+    p.add_argument("--threads", type=int, help="torch (and onnxruntime) CPU threads (default: torch's, one per core)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ..bench import MODES, format_result, modes_for, resolve_modes, run_bench
+    from ..engine.distributed import resolve_device
+
+    device = resolve_device(args.device)
+    if args.list_modes:
+        from ..bench import default_mode
+
+        known = {m.name: m for m in MODES}
+        for name in modes_for(args.task):
+            mode = known.get(name) or default_mode(device)
+            print(f"{name:<34}{mode.description}")
+        return 0
+    batch = args.batch_size if args.batch_size is not None else DEFAULT_BATCH[args.task]
+    if batch < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch}")
+    if args.min_time <= 0 or args.peak_size < 32 or args.peak_size % 32:
+        raise UserError("--min-time must be positive and --peak-size a multiple of 32")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    names = [n.strip() for n in args.modes.split(",") if n.strip()] if args.modes else None
+    modes = resolve_modes(args.task, names, device)
+    size = parse_input_size(args.input_size) if args.input_size else None
+    log = (lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+    result = run_bench(args.task, args.model, modes, device=device, batch_size=batch, input_size=size,
+                       repeats=args.repeats, min_time=args.min_time, warmup=args.warmup,
+                       peak_size=args.peak_size, log=log)
+    print(json.dumps(result.to_dict()) if args.json else format_result(result))
+    return 0 if result.agree else 1

@@ -1,0 +1,140 @@
+"""``resnetlab bench``: the modes resolve, run and agree with eager-fp32. Never how fast they are."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from resnetlab.bench import REFERENCE, TOLERANCE, default_mode, modes_for, resolve_modes, run_bench
+from resnetlab.bench import runner as bench_runner
+from resnetlab.cli import main
+from resnetlab.engine.config import TrainConfig
+from resnetlab.engine.train import fast_defaults
+from resnetlab.errors import UserError
+
+CPU = torch.device("cpu")
+# Tiny and quick: a 16x16 input, one short repeat, a small matmul for the peak.
+QUICK = dict(device=CPU, input_size=(3, 16, 16), repeats=1, min_time=0.01, warmup=1, peak_size=64)
+QUICK_ARGS = ["--input-size", "3x16x16", "--repeats", "1", "--min-time", "0.01", "--warmup", "1",
+              "--peak-size", "64", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread: on a shared 2-core machine a second OpenMP thread waits on its neighbours' jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_modes_resolve_reference_first_and_default_is_train_defaults() -> None:
+    train = resolve_modes("train", None, CPU)
+    assert train[0].name == REFERENCE
+    assert not any(m.fused or m.runtime != "torch" for m in train)  # inference-only modes stay out
+    assert [m.name for m in train] == modes_for("train")
+    assert "onnxruntime" in modes_for("infer") and "fused" in modes_for("infer")
+
+    default = default_mode(CPU)
+    cfg = TrainConfig()
+    assert (default.channels_last, default.amp) == fast_defaults(cfg, CPU)
+    assert default.compile == bool(cfg.compile)
+
+    picked = resolve_modes("infer", ["fused", "eager-fp32", "fused"], CPU)
+    assert [m.name for m in picked] == ["eager-fp32", "fused"]
+    assert resolve_modes("infer", ["bf16"], CPU)[0].name == REFERENCE
+
+
+def test_bad_modes_are_user_errors() -> None:
+    with pytest.raises(UserError, match="did you mean channels-last"):
+        resolve_modes("train", ["channel-last"], CPU)
+    with pytest.raises(UserError, match="inference-only"):
+        resolve_modes("train", ["fused"], CPU)
+
+
+def test_matmul_peak_is_positive() -> None:
+    assert bench_runner.matmul_peak(CPU, torch.float32, size=64, repeats=1) > 0
+
+
+def test_infer_modes_agree_with_eager() -> None:
+    modes = resolve_modes("infer", ["channels-last", "bf16", "fused", "fused+channels-last", "onnxruntime",
+                                    "default"], CPU)
+    result = run_bench("infer", "resnet20", modes, batch_size=4, **QUICK)
+    by_name = {r.mode.name: r for r in result.results}
+    assert by_name["eager-fp32"].ratio == 1.0 and by_name["eager-fp32"].error == 0.0
+    for r in result.results:
+        if r.skipped:  # only onnxruntime may be missing, and the project's extras install it
+            assert r.mode.name == "onnxruntime" and "onnxruntime" in r.skipped
+            continue
+        assert r.agrees, (r.mode.name, r.error)
+        assert r.img_s > 0 and r.gflops > 0 and r.peak_pct > 0
+        assert r.data_pct is None  # inference times the model only
+    assert by_name["fused"].error < TOLERANCE["none"][0]
+    assert result.agree and result.best in by_name
+    text = bench_runner.format_result(result)
+    assert "agreement: every mode" in text and "fused" in text
+
+
+def test_train_modes_agree_and_time_the_data_path() -> None:
+    modes = resolve_modes("train", ["channels-last", "bf16", "channels-last+bf16", "default"], CPU)
+    result = run_bench("train", "resnet20", modes, batch_size=8, **QUICK)
+    assert result.agree
+    for r in result.results:
+        assert r.agrees and r.img_s > 0 and 0 <= r.data_pct < 100
+        assert r.grad_cosine is not None and r.grad_cosine >= r.grad_min_cosine
+    payload = result.to_dict()
+    json.dumps(payload)  # JSON-able
+    assert payload["modes"]["eager-fp32"]["ratio"] == 1.0
+    assert set(payload["peak_gflops"]) == {"fp32", "bf16"}
+    # A training image costs three forward passes.
+    assert result.flops_per_image == 6 * result.macs
+
+
+def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["bench", "infer", "--model", "resnet20", "--batch-size", "2", "--modes", "channels-last",
+                   "--json", *QUICK_ARGS])
+    payload = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert payload["model"] == "resnet20" and payload["device"].startswith("cpu")
+    assert list(payload["modes"]) == ["eager-fp32", "channels-last"]
+    assert payload["modes"]["eager-fp32"]["ratio"] == 1.0
+    assert payload["best"] in payload["modes"] and payload["agree"] is True
+    for key in ("img_s", "ratio", "gflops"):
+        assert payload["modes"]["channels-last"][key] > 0
+
+
+def test_cli_reports_disagreement(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # With a zero tolerance bf16 cannot match fp32: the table says so and the exit status is 1.
+    monkeypatch.setitem(bench_runner.TOLERANCE, "bf16", (0.0, 0.0))
+    status = main(["bench", "infer", "--model", "resnet20", "--batch-size", "2", "--modes", "bf16", *QUICK_ARGS])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "agreement: FAILED for bf16" in out
+
+
+def test_cli_unknown_mode_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "train", "--modes", "fast", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resnetlab: error: unknown benchmark mode 'fast'") and err.count("\n") == 1
+
+
+def test_cli_list_modes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "infer", "--list-modes", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime" in out and "default" in out
+
+
+@pytest.mark.slow
+def test_compiled_training_agrees() -> None:
+    result = run_bench("train", "resnet20", resolve_modes("train", ["channels-last+bf16+compile"], CPU),
+                       batch_size=8, **QUICK)
+    assert [r.skipped for r in result.results] == [None, None] and result.agree
+
+
+@pytest.mark.slow
+def test_compiled_frozen_inference_agrees() -> None:
+    result = run_bench("infer", "resnet20", resolve_modes("infer", ["fused+channels-last+bf16+compile"], CPU),
+                       batch_size=4, **QUICK)
+    assert [r.skipped for r in result.results] == [None, None] and result.agree
