@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "resnetlab.cli.analyze",
     "resnetlab.cli.train",
     "resnetlab.cli.evaluate",
+    "resnetlab.cli.reproduce",
     "resnetlab.cli.bench",
 ]
 

@@ -1,0 +1,814 @@
+"""``resnetlab reproduce NAME``: the paper's CIFAR-10 experiments, each one command from training to report.
+
+Every experiment is a list of runs (:class:`~resnetlab.experiments.runs.RunSpec`) trained by
+the same engine, recipe (``paper-cifar``, He et al. 2015 Sec. 4.2) and checkpoints as
+``resnetlab train``, then one analysis that reads the run folders and draws the figure:
+
+* ``degradation``: plain-20/32/44/56 vs ResNet-20/32/44/56 (He et al. 2015 Fig. 6);
+* ``table6``: ResNet-20/32/44/56/110 (and 1202 with ``with_1202``) against Table 6;
+* ``layer-responses``: std of each 3x3 layer's response, plain-20/56 vs ResNet-20/56/110 (Fig. 7);
+* ``shortcuts``: options A/B/C on ResNet-20/32 (the CIFAR analogue of Table 3);
+* ``preact``: original vs pre-activation units, ResNet-110/164 (He et al. 2016 Table 3).
+
+A budget sets how long each run trains: ``full`` is the paper's 64k iterations,
+``short`` the same schedule scaled down (milestones are fractions of the run, so the
+lr still drops at 50% and 75%), ``smoke`` a few iterations on a few images for tests.
+The output folder gets ``report.md``, ``results.json``, ``config.json`` and PNG figures
+(:func:`~resnetlab.experiments.report.write_report`); the run folders go to
+``OUT/runs/<run>/`` unless ``runs_dir`` puts them (and their checkpoints) elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .. import __version__
+from ..data import MemoryLoader, open_data
+from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+from ..engine.config import TrainConfig
+from ..engine.curves import plot_error_curves
+from ..errors import UserError
+from ..models.profile import count_params, meta_model
+from .layer_responses import measure_responses
+from .plots import caption_line, new_figure, require_matplotlib, save_figure
+from .report import markdown_table, write_report
+from .runs import (Budget, RunRecord, RunSpec, average_histories, base_config, copy_metrics, ensure_run, fmt_pct,
+                   mean_std, read_run, run_all)
+
+# --------------------------------------------------------------------------------------------- budgets
+
+PAPER_ITERS = 64_000  # He et al. 2015 Sec. 4.2: stop at 64k iterations (lr /10 at 32k and 48k)
+# The short budget, 1% of the paper's run, picked from a measurement on the shared 2-core CPU this
+# project is developed on (other jobs running, load 4-6): with one thread, torch.compile and bf16
+# autocast, ResNet-20 trained at ~450-590 img/s and plain-56 at ~170-240 img/s, evaluating 5,000
+# images cost ~4 s (ResNet-20) to ~10 s (56 layers), and compiling a new architecture ~1-1.5 min.
+# The eight networks of `degradation` are 16 ResNet-20 equivalents: ~3.6 s per iteration of all of
+# them, so 640 iterations + 10 evaluations + 8 compilations come to about an hour.
+SHORT_ITERS = 640
+SHORT_EVALS = 10
+
+BUDGETS: dict[str, Budget] = {
+    "full": Budget("full", PAPER_ITERS, "the paper's schedule: 64k iterations, lr 0.1, /10 at 32k and 48k",
+                   compile=True, amp="bf16"),
+    # One thread: on the loaded 2-core machine two OpenMP threads that wait for each other at every
+    # barrier were 2-5x *slower* than one (ResNet-20 eager: 59-204 vs 268-324 img/s; compiled: 84 vs
+    # 425 img/s); `--threads 2` gives the second core back on an idle machine.
+    "short": Budget("short", SHORT_ITERS,
+                    f"the paper's schedule scaled to {SHORT_ITERS:,} iterations ({SHORT_ITERS / PAPER_ITERS:.0%} of "
+                    f"64k): lr 0.1, /10 at {SHORT_ITERS // 2:,} and {SHORT_ITERS * 3 // 4:,} (and the 110-layer "
+                    f"warm-up at lr 0.01 scaled from 400 to {round(400 * SHORT_ITERS / PAPER_ITERS)} iterations); "
+                    f"{SHORT_EVALS} evaluations per run",
+                    evals=SHORT_EVALS, compile=True, amp="bf16", threads=1),
+    # One thread for the same reason; a ResNet-56 smoke run took 2.4 s with one thread, 20 s with two.
+    "smoke": Budget("smoke", 2, "2 iterations of batch 8 on 32 images, for tests: checks plumbing, not results",
+                    batch_size=8, val_split=50, subset=32, evals=2, threads=1),
+}
+
+RUN_LOGS = "run-logs"  # copies of metrics.jsonl/config.json when the run folders live elsewhere
+PLAIN_COLOR = {20: "#f4a582", 32: "#d6604d", 44: "#b2182b", 56: "#67001f"}
+RESNET_COLOR = {20: "#92c5de", 32: "#4393c3", 44: "#2166ac", 56: "#053061", 110: "#000000"}
+
+
+# --------------------------------------------------------------------------------------------- plumbing
+
+
+@dataclass
+class Context:
+    """What an experiment function gets: where to write, what budget and data, how many seeds."""
+
+    name: str
+    out: Path
+    runs_dir: Path
+    budget: Budget
+    cfg: TrainConfig
+    seeds: int
+    log: Callable[[str], None]
+    from_dir: Path | None = None
+    with_1202: bool = False
+    images: int = 0  # layer-responses: images to measure on (0: the whole validation set)
+
+    def specs(self, models: Sequence[tuple[str, str, dict[str, Any], str]]) -> list[RunSpec]:
+        """One :class:`RunSpec` per (run name, model, model args, group) and seed 0..K-1."""
+        return [RunSpec(f"{name}-s{seed}", model, name, seed, dict(args), group)
+                for name, model, args, group in models for seed in range(self.seeds)]
+
+    def seeds_text(self, curves: bool = False) -> str:
+        """``seed 0`` or ``seeds 0..K-1`` (and, for figures, that curves are averaged over them)."""
+        if self.seeds == 1:
+            return "seed 0"
+        return f"seeds 0..{self.seeds - 1}" + (", curves averaged over seeds" if curves else "")
+
+    def schedule_text(self, records: Sequence[RunRecord] = ()) -> str:
+        """The schedule for figure captions, with the resolved milestones of a run when there is one."""
+        b = self.budget
+        text = f"{b.name} budget: {self.cfg.iters:,} iterations (paper: 64k), batch {self.cfg.batch_size}, lr 0.1"
+        if records:
+            ms = records[0].config.get("resolved", {}).get("milestones_iters", [])
+            if ms:
+                text += ", /10 at " + " and ".join(f"{m:,}" for m in ms)
+        return text
+
+    def data_text(self, records: Sequence[RunRecord]) -> str:
+        """The data a figure came from, as the engine described it."""
+        sources = [r.config.get("resolved", {}).get("data_source", "?") for r in records]
+        if len(set(sources)) == 1:
+            return sources[0]
+        # Seeds > 0 hold out (and subset) their own images; say so instead of repeating the line.
+        return sources[0] + " (seed-0 run; other seeds draw their own split)"
+
+
+@dataclass
+class Outcome:
+    """What an experiment produced: report title and sections, numbers, settings, figures, console lines."""
+
+    title: str
+    sections: list[tuple[str, str]]
+    results: dict[str, Any]
+    figures: list[str]
+    records: list[RunRecord]
+    headline: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def display_name(model: str) -> str:
+    """``plain56`` -> ``plain-56``, ``resnet110`` -> ``ResNet-110`` (the paper's spelling)."""
+    for prefix, shown in (("plain", "plain-"), ("resnet", "ResNet-")):
+        if model.startswith(prefix) and model[len(prefix):].isdigit():
+            return shown + model[len(prefix):]
+    return model
+
+
+def params_of(spec: RunSpec) -> int:
+    """Parameters of a run's model (built on the meta device: no weights allocated)."""
+    return count_params(meta_model(spec.model, **spec.model_args))
+
+
+def group_by_label(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
+    """The records of each configuration (all seeds of one label), in first-seen order."""
+    out: dict[str, list[RunRecord]] = {}
+    for r in records:
+        out.setdefault(r.spec.label, []).append(r)
+    return out
+
+
+def final_err(rec: RunRecord, key: str = "val_top1_err") -> float:
+    """The error at the end of training (last evaluation), NaN when there is none."""
+    value = rec.final.get(key)
+    return float("nan") if value is None else float(value)
+
+
+def best_err(rec: RunRecord) -> float:
+    """The lowest validation error seen during the run (an optimistic number; the paper's Table 6 "best")."""
+    best = rec.summary.get("best") or {}
+    return float(best.get("val_top1_err", float("nan")))
+
+
+def run_summary(records: Sequence[RunRecord]) -> dict[str, Any]:
+    """Per configuration: params, final train/val error and best val error (mean, std, per seed), wall times."""
+    out = {}
+    for label, recs in group_by_label(records).items():
+        entry: dict[str, Any] = {"model": recs[0].spec.model, "model_args": recs[0].spec.model_args,
+                                 "params": params_of(recs[0].spec), "seeds": [r.spec.seed for r in recs]}
+        for key, fn in (("final_train_err", lambda r: final_err(r, "train_err")), ("final_val_err", final_err),
+                        ("best_val_err", best_err)):
+            vals = [fn(r) for r in recs]
+            m, s = mean_std(vals)
+            entry[key] = {"mean": m, "std": s, "per_seed": vals}
+        entry["iters"] = [r.summary.get("total_iters") for r in recs]
+        entry["wall_seconds"] = [round(r.wall_time, 1) for r in recs]
+        entry["run_dirs"] = [str(r.out_dir) for r in recs]
+        entry["history"] = average_histories([r.history for r in recs])
+        out[label] = entry
+    return out
+
+
+def _ylim_top(histories: Sequence[list[dict[str, Any]]]) -> float:
+    """An upper error limit (%) that shows the curves once past the first evaluation (paper Fig. 6 crops too)."""
+    vals = [100 * m[k] for h in histories for m in h[1:] for k in ("train_err", "val_top1_err")
+            if m.get(k) is not None and math.isfinite(m[k])]
+    if not vals:
+        vals = [100 * m[k] for h in histories for m in h for k in ("train_err", "val_top1_err") if m.get(k) is not None]
+    return min(100.0, max(vals) * 1.08) if vals else 100.0
+
+
+def _milestone_lines(ax: Any, records: Sequence[RunRecord]) -> None:
+    """Dotted verticals at the lr drops of the schedule (paper Fig. 6 has its drops at 32k and 48k)."""
+    ms = records[0].config.get("resolved", {}).get("milestones_iters", []) if records else []
+    for m in ms:
+        ax.axvline(m, color="0.6", linestyle=":", linewidth=1.0)
+
+
+def curves_figure(path: Path, panels: Sequence[tuple[str, list[tuple[str, list[dict[str, Any]]]], list[str]]],
+                  records: Sequence[RunRecord], caption: str, title: str) -> Path:
+    """Paper-style error curves (thin dashed train, bold val), one panel per group, shared y-axis."""
+    fig, axes = new_figure(1, len(panels), panel_size=(5.6, 4.4), sharey=True)
+    top = _ylim_top([h for _, runs, _ in panels for _, h in runs])
+    val_name = (records[0].config.get("resolved", {}).get("val_name") or "val") if records else "val"
+    for ax, (panel_title, runs, colors) in zip(axes[0], panels):
+        plot_error_curves(ax, runs, colors, val_name=val_name)
+        _milestone_lines(ax, records)
+        ax.set_title(panel_title, fontsize=10)
+        ax.set_ylim(0, top)
+        ax.tick_params(labelleft=True)
+    return save_figure(fig, path, caption, title)
+
+
+# --------------------------------------------------------------------------------------------- degradation
+
+DEGRADATION_DEPTHS = (20, 32, 44, 56)
+
+
+def degradation(ctx: Context) -> Outcome:
+    """He et al. 2015 Fig. 6: plain nets get *worse* with depth (even in training error), ResNets better."""
+    models = [(f"{arch}{d}", f"{arch}{d}", {}, arch) for arch in ("plain", "resnet") for d in DEGRADATION_DEPTHS]
+    records = run_all(ctx.specs(models), ctx.cfg, ctx.runs_dir, ctx.log)
+    summary = run_summary(records)
+    panels = []
+    for arch, colors, title in (("plain", PLAIN_COLOR, "plain networks"), ("resnet", RESNET_COLOR, "ResNets")):
+        runs = [(f"{'plain' if arch == 'plain' else 'ResNet'}-{d}", summary[f"{arch}{d}"]["history"])
+                for d in DEGRADATION_DEPTHS]
+        panels.append((title, runs, [colors[d] for d in DEGRADATION_DEPTHS]))
+    seeds_note = f"mean of {ctx.seeds} seeds" if ctx.seeds > 1 else "seed 0"
+    val_name = records[0].config["resolved"].get("val_name") or "val"
+    caption = caption_line(ctx.data_text(records), ctx.schedule_text(records), None,
+                           f"{seeds_note}; thin dashed: training error (augmented batches, averaged over each "
+                           f"evaluation interval), bold: {val_name} error; dotted verticals: lr drops")
+    fig = curves_figure(ctx.out / "degradation.png", panels, records, caption,
+                        "Plain vs residual networks on CIFAR-10 (He et al. 2015 Fig. 6)")
+
+    def final(label: str, key: str) -> float:
+        return summary[label][key]["mean"]
+
+    plain_train = [final(f"plain{d}", "final_train_err") for d in DEGRADATION_DEPTHS]
+    res_val = [final(f"resnet{d}", "final_val_err") for d in DEGRADATION_DEPTHS]
+    res_train = [final(f"resnet{d}", "final_train_err") for d in DEGRADATION_DEPTHS]
+    checks = {
+        "plain56_train_err_above_plain20": plain_train[-1] > plain_train[0],
+        "plain_train_err_rises_with_depth": all(a < b for a, b in zip(plain_train, plain_train[1:])),
+        "resnet56_val_err_below_resnet20": res_val[-1] < res_val[0],
+        "resnet_val_err_falls_with_depth": all(a > b for a, b in zip(res_val, res_val[1:])),
+        "resnet56_train_err_below_resnet20": res_train[-1] < res_train[0],
+        "resnet56_val_err_below_plain56": res_val[-1] < final("plain56", "final_val_err"),
+    }
+    rows = []
+    for arch in ("plain", "resnet"):
+        for d in DEGRADATION_DEPTHS:
+            e = summary[f"{arch}{d}"]
+            rows.append([f"{'plain' if arch == 'plain' else 'ResNet'}-{d}", f"{e['params']:,}",
+                         fmt_pct(e["final_train_err"]["mean"], e["final_train_err"]["std"] if ctx.seeds > 1 else None),
+                         fmt_pct(e["final_val_err"]["mean"], e["final_val_err"]["std"] if ctx.seeds > 1 else None),
+                         fmt_pct(e["best_val_err"]["mean"]), f"{sum(e['wall_seconds']):.0f}"])
+    table = markdown_table(["network", "params", "final train err (%)", "final val err (%)", "best val err (%)",
+                            "wall (s)"], rows)
+
+    def verdict(ok: bool) -> str:
+        return "**holds**" if ok else "**does not hold**"
+
+    reading = (
+        f"- Deeper plain net has higher *training* error (plain-56 {fmt_pct(plain_train[-1])}% vs plain-20 "
+        f"{fmt_pct(plain_train[0])}%): {verdict(checks['plain56_train_err_above_plain20'])}; strictly rising over "
+        f"20/32/44/56: {verdict(checks['plain_train_err_rises_with_depth'])}.\n"
+        f"- Deeper ResNet has lower error (ResNet-56 {fmt_pct(res_val[-1])}% vs ResNet-20 {fmt_pct(res_val[0])}% "
+        f"validation): {verdict(checks['resnet56_val_err_below_resnet20'])}; strictly falling over 20/32/44/56: "
+        f"{verdict(checks['resnet_val_err_falls_with_depth'])}; in training error (ResNet-56 "
+        f"{fmt_pct(res_train[-1])}% vs ResNet-20 {fmt_pct(res_train[0])}%): "
+        f"{verdict(checks['resnet56_train_err_below_resnet20'])}.\n"
+        f"- ResNet-56 beats plain-56 on validation error: {verdict(checks['resnet56_val_err_below_plain56'])}.")
+    if not checks["resnet56_val_err_below_resnet20"] and ctx.budget.name != "full":
+        # The first evaluation's training loss (averaged over the first interval) shows how the run *started*.
+        first = {d: summary[f"resnet{d}"]["history"][0].get("train_loss") for d in DEGRADATION_DEPTHS}
+        reading += (
+            "\n\nWhy the ResNet ordering is reversed here: the deeper ResNets start worse. Over the first "
+            "evaluation interval the training loss averaged " + ", ".join(
+                f"{v:.2f} (ResNet-{d})" for d, v in first.items() if v is not None) + " against ln 10 = 2.30 for "
+            "chance: at lr 0.1 from the first step the deeper nets lose their first few hundred iterations "
+            "(the paper notes lr 0.1 is \"slightly too large to start converging\" for 110 layers, Sec. 4.2), and "
+            "a run this short, whose lr drops at 50%, gives them no time to catch up. The paper's result is "
+            "about where training ends after 64k iterations; to see it, use `--budget full` or a longer "
+            "`--iters`.")
+    sections = [
+        ("What is run", (
+            "The paper's CIFAR-10 recipe (He et al. 2015 Sec. 4.2: SGD, momentum 0.9, weight decay 1e-4, batch 128, "
+            "lr 0.1 divided by 10 at 50% and 75% of the run, 4-pixel pad + random crop + flip) for plain and "
+            "residual nets of depth 20, 32, 44 and 56 (option A shortcuts, so both kinds have the same "
+            f"parameters). Budget `{ctx.budget.name}`: {ctx.budget.description}. Errors are at the end of "
+            "training (last evaluation); \"best\" is the lowest validation error seen, an optimistic number.")),
+        ("Results", table),
+        ("What the paper's Fig. 6 shows, and whether this run shows it", reading),
+        ("What this budget does and does not show", budget_note(ctx, "degradation")),
+    ]
+    results = {"runs": summary, "checks": checks, "depths": list(DEGRADATION_DEPTHS)}
+    headline = [f"plain train err 20->56: {fmt_pct(plain_train[0])}% -> {fmt_pct(plain_train[-1])}%; "
+                f"ResNet val err 20->56: {fmt_pct(res_val[0])}% -> {fmt_pct(res_val[-1])}%"]
+    return Outcome("Degradation: plain vs residual networks (He et al. 2015 Fig. 6)", sections, results,
+                   [fig.name], records, headline)
+
+
+def budget_note(ctx: Context, experiment: str) -> str:
+    """Plain words on what the budget can and cannot support (short runs are not the paper's numbers)."""
+    b = ctx.budget
+    if b.name == "full":
+        return ("The paper's full schedule. Remaining differences: held-out validation images instead of the "
+                "test set unless `--val-split 0` is given with data that has a test split, and this "
+                "implementation's initialisation and augmentation details.")
+    if b.name == "smoke":
+        return ("A smoke run: a few iterations on a few images. It checks that training, measuring, drawing and "
+                "reporting work end to end; its numbers mean nothing.")
+    frac = ctx.cfg.iters / PAPER_ITERS
+    text = (f"The `{b.name}` budget trains every network for {ctx.cfg.iters:,} iterations, {frac:.1%} of the "
+            f"paper's 64k (about {ctx.cfg.iters * ctx.cfg.batch_size / 45_000:.1f} epochs of 45k images), with the "
+            "same recipe, the lr drops at the same fractions of the run and the 110-layer warm-up scaled alike. "
+            "What it can show is how hard each network is to *optimise* at the start of training, which is "
+            "the paper's point about degradation: a deeper plain net fits the training set worse, so its "
+            "higher error is not overfitting. What it cannot show: the paper's error rates (every network "
+            "is far from converged, tens of points above Fig. 6 and Table 6); where the curves end after 64k "
+            "iterations, which is where the paper's deeper ResNets pull ahead; overfitting of very deep "
+            "nets (ResNet-1202); and differences of a point or two between neighbouring depths, which are "
+            "within seed-to-seed noise unless `--seeds` > 1 shows otherwise.")
+    if experiment == "layer-responses":
+        text += (" Layer responses are measured on these short-trained networks; the BN scales have moved less "
+                 "from their initial value of 1 than after 64k iterations.")
+    return text
+
+
+# --------------------------------------------------------------------------------------------- table 6
+
+# He et al. 2015 Table 6: test error (%) on CIFAR-10; 110 is "best of 5 runs" (mean 6.61 ± 0.16).
+PAPER_TABLE6_ERR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
+PAPER_TABLE6_PARAMS = {20: "0.27M", 32: "0.46M", 44: "0.66M", 56: "0.85M", 110: "1.7M", 1202: "19.4M"}
+
+
+def table6(ctx: Context) -> Outcome:
+    """He et al. 2015 Table 6: ResNet-20/32/44/56/110 (1202 on request), params and error mean ± std over seeds."""
+    depths = [20, 32, 44, 56, 110] + ([1202] if ctx.with_1202 else [])
+    records = run_all(ctx.specs([(f"resnet{d}", f"resnet{d}", {}, "resnet") for d in depths]), ctx.cfg,
+                      ctx.runs_dir, ctx.log)
+    summary = run_summary(records)
+    rows = []
+    for d in depths:
+        e = summary[f"resnet{d}"]
+        rows.append([f"ResNet-{d}", f"{e['params'] / 1e6:.2f}M", PAPER_TABLE6_PARAMS[d],
+                     fmt_pct(e["final_val_err"]["mean"], e["final_val_err"]["std"]),
+                     fmt_pct(e["best_val_err"]["mean"], e["best_val_err"]["std"]),
+                     f"{PAPER_TABLE6_ERR[d]:.2f}" + (" (best; mean 6.61 ± 0.16)" if d == 110 else ""),
+                     len(e["seeds"])])
+    table = markdown_table(["network", "params", "paper params", "final val err (%) mean ± std",
+                            "best val err (%) mean ± std", "paper test err (%)", "seeds"], rows)
+
+    fig, axes = new_figure(1, 2, panel_size=(5.4, 4.2))
+    ax = axes[0, 0]
+    means = [100 * summary[f"resnet{d}"]["final_val_err"]["mean"] for d in depths]
+    stds = [100 * summary[f"resnet{d}"]["final_val_err"]["std"] for d in depths]
+    ax.errorbar(depths, means, yerr=stds, marker="o", capsize=3, color="tab:blue",
+                label=f"this run, final val error (mean ± std, {ctx.seeds} seed(s))")
+    ax.plot(depths, [PAPER_TABLE6_ERR[d] for d in depths], "s--", color="0.4", label="paper Table 6 (test error)")
+    ax.set_xscale("log")
+    ax.set_xticks(depths, [str(d) for d in depths])
+    ax.minorticks_off()
+    ax.set_xlabel("depth (layers)")
+    ax.set_ylabel("top-1 error (%)")
+    ax.set_title("Error vs depth", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    colors = [RESNET_COLOR.get(d, "tab:purple") for d in depths]
+    plot_error_curves(axes[0, 1], [(f"ResNet-{d}", summary[f"resnet{d}"]["history"]) for d in depths], colors,
+                      val_name=records[0].config["resolved"].get("val_name") or "val")
+    _milestone_lines(axes[0, 1], records)
+    axes[0, 1].set_ylim(0, _ylim_top([summary[f"resnet{d}"]["history"] for d in depths]))
+    axes[0, 1].set_title("Training curves" + (f" (mean of {ctx.seeds} seeds)" if ctx.seeds > 1 else ""),
+                         fontsize=10)
+    caption = caption_line(ctx.data_text(records), ctx.schedule_text(records), None,
+                           f"{ctx.seeds_text(True)}; paper numbers are CIFAR-10 test error after 64k iterations")
+    path = save_figure(fig, ctx.out / "table6.png", caption, "CIFAR-10 ResNets (He et al. 2015 Table 6)")
+    sections = [
+        ("What is run", (
+            f"ResNet-{', '.join(map(str, depths))} (option A shortcuts) with the paper's recipe (He et al. 2015 "
+            f"Sec. 4.2; 110 layers and deeper warm up at lr 0.01 for 400 of 64k iterations), {ctx.seeds_text()}. "
+            f"Budget `{ctx.budget.name}`: {ctx.budget.description}. Each seed also draws its own held-out "
+            "validation images (the engine seeds the split), so the spread includes that of the split.")),
+        ("Table 6", table),
+        ("What this budget does and does not show", budget_note(ctx, "table6")),
+    ]
+    results = {"runs": summary, "paper_test_err_pct": {str(k): v for k, v in PAPER_TABLE6_ERR.items()},
+               "depths": depths}
+    headline = [f"ResNet-{d}: {fmt_pct(summary[f'resnet{d}']['final_val_err']['mean'])}% "
+                f"(paper {PAPER_TABLE6_ERR[d]}%)" for d in depths]
+    return Outcome("CIFAR-10 ResNets against He et al. 2015 Table 6", sections, results, [path.name], records,
+                   headline)
+
+
+# --------------------------------------------------------------------------------------------- layer responses
+
+RESPONSE_MODELS = (("plain20", "plain"), ("plain56", "plain"), ("resnet20", "resnet"), ("resnet56", "resnet"),
+                   ("resnet110", "resnet"))
+RESPONSE_STYLE = {"plain20": (PLAIN_COLOR[20], "--"), "plain56": (PLAIN_COLOR[56], "--"),
+                  "resnet20": (RESNET_COLOR[32], "-"), "resnet56": (RESNET_COLOR[56], "-"),
+                  "resnet110": ("#000000", "-")}
+
+
+def _reusable(from_dir: Path, spec: RunSpec) -> Path | None:
+    """A finished run folder for ``spec`` under ``from_dir`` (a runs folder or an experiment's output folder)."""
+    candidates = [from_dir / spec.name, from_dir / "runs" / spec.name]
+    cfg_file = from_dir / "config.json"
+    if cfg_file.is_file():
+        runs_dir = json.loads(cfg_file.read_text()).get("runs_dir")
+        if runs_dir:
+            candidates.append(Path(runs_dir) / spec.name)
+    for c in candidates:
+        if (c / "summary.json").is_file() and (c / "last.pt").is_file():
+            return c
+    return None
+
+
+def layer_responses(ctx: Context) -> Outcome:
+    """He et al. 2015 Fig. 7: std of every 3x3 layer's response (after BN, before ReLU/addition), trained nets."""
+    specs = ctx.specs([(m, m, {}, g) for m, g in RESPONSE_MODELS])
+    records: list[RunRecord] = []
+    reused: dict[str, str] = {}
+    for spec in specs:
+        found = _reusable(ctx.from_dir, spec) if ctx.from_dir else None
+        if found is not None:
+            ctx.log(f"[{spec.name}] reusing the finished run in {found}")
+            records.append(read_run(spec, found))
+            reused[spec.name] = str(found)
+        else:
+            records.append(ensure_run(spec, ctx.cfg, ctx.runs_dir, ctx.log))
+
+    data_cache: dict[tuple, Any] = {}
+    measured: dict[str, list[dict[str, list]]] = {}
+    start = time.perf_counter()
+    for rec in records:
+        cfg = rec.config
+        key = (cfg["data"], cfg["val_split"], cfg["seed"])
+        if key not in data_cache:
+            data_cache[key] = open_data(cfg["data"], val_split=cfg["val_split"], seed=cfg["seed"], log=ctx.log)
+        data = data_cache[key]
+        split = data.val if data.val is not None and len(data.val) else data.train
+        images, labels = split.images, split.labels
+        if ctx.images:
+            images, labels = images[: ctx.images], labels[: ctx.images]
+        ckpt = load_checkpoint(rec.out_dir / "last.pt")
+        norm = ckpt["normalization"]
+        loader = MemoryLoader(images, labels, 500, train=False, mean=norm["mean"], std=norm["std"])
+        model = model_from_checkpoint(ckpt)
+        n_measured = len(labels)
+        ctx.log(f"[{rec.spec.name}] measuring layer responses on {n_measured:,} images")
+        measured.setdefault(rec.spec.label, []).append(measure_responses(model, loader.epoch(0)))
+    measure_seconds = time.perf_counter() - start
+
+    responses: dict[str, dict[str, Any]] = {}
+    for label, per_seed in measured.items():
+        n = len(per_seed)
+        std = [sum(s["std"][i] for s in per_seed) / n for i in range(len(per_seed[0]["std"]))]
+        cstd = [sum(s["channel_std"][i] for s in per_seed) / n for i in range(len(per_seed[0]["std"]))]
+        responses[label] = {"layers": per_seed[0]["layers"], "std": std, "channel_std": cstd,
+                            "std_sorted": sorted(std, reverse=True), "mean_std": sum(std) / len(std),
+                            "median_std": sorted(std)[len(std) // 2], "mean_channel_std": sum(cstd) / len(cstd),
+                            "per_seed_std": [s["std"] for s in per_seed]}
+
+    fig, axes = new_figure(2, 1, panel_size=(9.0, 3.6))
+    for row, (key, xlabel, title) in enumerate((
+            ("std", "layer index (original order, input to output)", "Responses in layer order"),
+            ("std_sorted", "layer index (sorted by magnitude)", "Responses sorted by magnitude"))):
+        ax = axes[row, 0]
+        for label, _ in RESPONSE_MODELS:
+            color, ls = RESPONSE_STYLE[label]
+            ys = responses[label][key]
+            ax.plot(range(1, len(ys) + 1), ys, ls, color=color, lw=1.4, label=display_name(label))
+        spread = [v for lab, _ in RESPONSE_MODELS for v in responses[lab][key] if v > 0]
+        if spread and max(spread) > 50 * min(spread):  # e.g. barely trained smoke nets: keep all curves visible
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("std of response")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncol=5)
+    seed_note = ("mean over " if ctx.seeds > 1 else "") + ctx.seeds_text()
+    caption = caption_line(ctx.data_text(records), ctx.schedule_text(records), None,
+                           f"trained nets, eval mode, {seed_note}; std over all outputs of each 3x3 layer's BN "
+                           f"(before ReLU/addition) on {n_measured:,} held-out images")
+    path = save_figure(fig, ctx.out / "layer_responses.png", caption,
+                       "Std of layer responses on CIFAR-10 (He et al. 2015 Fig. 7)")
+
+    mean = {label: responses[label]["mean_std"] for label in responses}
+    checks = {
+        "resnet20_below_plain20": mean["resnet20"] < mean["plain20"],
+        "resnet56_below_plain56": mean["resnet56"] < mean["plain56"],
+        "resnet_shrinks_20_56_110": mean["resnet20"] > mean["resnet56"] > mean["resnet110"],
+    }
+    rows = []
+    for label, _ in RESPONSE_MODELS:
+        r = responses[label]
+        recs = [x for x in records if x.spec.label == label]
+        source = "reused: " + ", ".join(reused[x.spec.name] for x in recs) if all(
+            x.spec.name in reused for x in recs) else "trained here"
+        rows.append([display_name(label), len(r["std"]), f"{r['mean_std']:.3f}", f"{r['median_std']:.3f}",
+                     f"{max(r['std']):.3f}", f"{r['mean_channel_std']:.3f}",
+                     fmt_pct(mean_std([final_err(x) for x in recs])[0]), recs[0].summary.get("total_iters"), source])
+    table = markdown_table(["network", "3x3 layers", "mean std", "median std", "max std", "mean channel std",
+                            "val err (%)", "iters", "run"], rows)
+
+    def verdict(ok: bool) -> str:
+        return "**holds**" if ok else "**does not hold**"
+
+    reading = (
+        f"- ResNets respond more weakly than their plain counterparts: ResNet-20 {mean['resnet20']:.3f} vs plain-20 "
+        f"{mean['plain20']:.3f}: {verdict(checks['resnet20_below_plain20'])}; ResNet-56 {mean['resnet56']:.3f} vs "
+        f"plain-56 {mean['plain56']:.3f}: {verdict(checks['resnet56_below_plain56'])}.\n"
+        f"- Deeper ResNets have smaller responses (20 > 56 > 110: {mean['resnet20']:.3f}, {mean['resnet56']:.3f}, "
+        f"{mean['resnet110']:.3f}): {verdict(checks['resnet_shrinks_20_56_110'])}.\n\n"
+        "The paper reads this as support for its motivation (Sec. 3.1): residual functions are generally closer "
+        "to zero than non-residual ones, and with more layers each unit of a ResNet modifies the signal less.")
+    if ctx.budget.name != "full" and not all(checks.values()):
+        near_one = [display_name(k) for k, r in responses.items() if 0.8 <= r["median_std"] <= 1.25]
+        spiky = {display_name(k): (max(r["std"]), r["std"].index(max(r["std"])) + 1)
+                 for k, r in responses.items() if max(r["std"]) > 2 * r["median_std"]}
+        reading += ("\n\nAt this budget the responses mostly reflect how far training has moved BN's scales from "
+                    "their initial 1" + (f" (median response within 0.8-1.25 for {', '.join(near_one)})"
+                                         if near_one else "") + ".")
+        if spiky:
+            reading += (" The outliers sit in the first layers of the networks whose start at lr 0.1 was "
+                        "unstable: " + "; ".join(f"{k}: {v:.2f} at layer {i}" for k, (v, i) in spiky.items())
+                        + " (early steps inflated their weights and BN scales). The paper's figure is of "
+                        "networks trained for 64k iterations.")
+    from_note = (f"Plain-20/56 and ResNet-20/56 are the runs of `{ctx.from_dir}` where finished ones were found "
+                 "there (column \"run\"); the rest were trained here on the same budget."
+                 if ctx.from_dir else "Every network was trained here.")
+    sections = [
+        ("What is measured", (
+            "For each trained network (last checkpoint), in eval mode on the held-out validation images: the "
+            "standard deviation of the output of every 3x3 layer after its BN and before the ReLU or the "
+            "addition (He et al. 2015 Sec. 4.2, Fig. 7): the stem's BN and both BNs of every basic unit, "
+            "2n per stage + 1 = depth - 1 layers. \"std\" is over all values of the layer (images, channels, "
+            "positions); \"mean channel std\" averages each channel's own std, leaving out the spread of the "
+            f"channel means. {from_note} Budget `{ctx.budget.name}`: {ctx.budget.description}.")),
+        ("Results", table),
+        ("What the paper's Fig. 7 shows, and whether this run shows it", reading),
+        ("What this budget does and does not show", budget_note(ctx, "layer-responses")),
+    ]
+    results = {"responses": responses, "checks": checks, "runs": run_summary(records), "reused_runs": reused,
+               "measure_seconds": round(measure_seconds, 1)}
+    headline = [f"mean response std: " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items())]
+    return Outcome("Layer responses of plain and residual networks (He et al. 2015 Fig. 7)", sections, results,
+                   [path.name], records, headline, {"from": str(ctx.from_dir) if ctx.from_dir else None,
+                                                    "reused_runs": reused})
+
+
+# --------------------------------------------------------------------------------------------- shortcuts
+
+# He et al. 2015 Table 3: ResNet-34 top-1 error (%, 10-crop) on ImageNet val with options A/B/C.
+PAPER_TABLE3_TOP1 = {"A": 25.03, "B": 24.52, "C": 24.19}
+
+
+def _comparison_figure(ctx: Context, summary: dict[str, Any], groups: Sequence[tuple[str, Sequence[str]]],
+                       labels: dict[str, str], colors: dict[str, str], records: Sequence[RunRecord],
+                       path: Path, title: str, extra: str) -> Path:
+    """One panel of paper-style curves per group of configurations."""
+    panels = [(gt, [(labels[k], summary[k]["history"]) for k in keys], [colors[k] for k in keys])
+              for gt, keys in groups]
+    caption = caption_line(ctx.data_text(records), ctx.schedule_text(records), None, extra)
+    return curves_figure(path, panels, records, caption, title)
+
+
+def shortcuts(ctx: Context) -> Outcome:
+    """Options A (zero-pad), B (project where shapes change) and C (project everywhere) on ResNet-20/32."""
+    depths, options = (20, 32), ("A", "B", "C")
+    models = [(f"resnet{d}-{o}", f"resnet{d}", {"shortcut": o}, f"resnet{d}") for d in depths for o in options]
+    records = run_all(ctx.specs(models), ctx.cfg, ctx.runs_dir, ctx.log)
+    summary = run_summary(records)
+    colors = {f"resnet{d}-{o}": c for d in depths for o, c in zip(options, ("tab:blue", "tab:orange", "tab:green"))}
+    labels = {k: f"option {k[-1]}" for k in colors}
+    path = _comparison_figure(ctx, summary, [(f"ResNet-{d}", [f"resnet{d}-{o}" for o in options]) for d in depths],
+                              labels, colors, records, ctx.out / "shortcuts.png",
+                              "Shortcut options A/B/C on CIFAR-10 (analogue of He et al. 2015 Table 3)",
+                              ctx.seeds_text(True))
+    rows = []
+    for d in depths:
+        for o in options:
+            e = summary[f"resnet{d}-{o}"]
+            rows.append([f"ResNet-{d}", o, f"{e['params']:,}", fmt_pct(e["final_val_err"]["mean"],
+                                                                      e["final_val_err"]["std"]),
+                         fmt_pct(e["final_train_err"]["mean"], e["final_train_err"]["std"]),
+                         f"{PAPER_TABLE3_TOP1[o]:.2f}"])
+    table = markdown_table(["network", "shortcut", "params", "final val err (%)", "final train err (%)",
+                            "paper: ResNet-34 ImageNet top-1 (%)"], rows)
+    sections = [
+        ("What is run", (
+            "He et al. 2015 Sec. 3.3 / Table 3: (A) zero-padding identity shortcuts, parameter-free; (B) 1x1 "
+            "projections (+BN) only where the shape changes, identity elsewhere; (C) projections on every unit. "
+            "The paper compares them on ImageNet with ResNet-34 (its numbers are beside ours for reference, not "
+            "comparable in value); here the same comparison on CIFAR-10 ResNet-20 and 32 with the paper's CIFAR "
+            f"recipe, {ctx.seeds_text()}. Budget `{ctx.budget.name}`: {ctx.budget.description}. The paper "
+            "found B slightly better than A and C marginally better than B, and concluded projections are not "
+            "essential for the degradation problem.")),
+        ("Results", table),
+        ("What this budget does and does not show", budget_note(ctx, "shortcuts")),
+    ]
+    headline = [f"{k}: {fmt_pct(v['final_val_err']['mean'])}%" for k, v in summary.items()]
+    return Outcome("Shortcut options A, B, C on CIFAR-10 (He et al. 2015 Table 3 analogue)", sections,
+                   {"runs": summary, "paper_table3_resnet34_top1_pct": PAPER_TABLE3_TOP1}, [path.name], records,
+                   headline)
+
+
+# --------------------------------------------------------------------------------------------- pre-activation
+
+# He et al. 2016 Table 3: CIFAR-10 test error (%), original units vs full pre-activation.
+PAPER_2016_TABLE3 = {"resnet110": 6.61, "preact_resnet110": 6.37, "resnet164": 5.93, "preact_resnet164": 5.46}
+PREACT_MODELS = (
+    # (run label, model, model args, group): the original 110 is the 2015 paper's (option A); the original 164
+    # uses post-activation bottlenecks with projection shortcuts (B), like the pre-activation 164 it is compared to.
+    ("resnet110", "resnet110", {}, "110"),
+    ("preact_resnet110", "preact_resnet110", {}, "110"),
+    ("resnet164", "resnet", {"depth": 164, "block": "bottleneck", "shortcut": "B"}, "164"),
+    ("preact_resnet164", "preact_resnet164", {}, "164"),
+)
+
+
+def preact(ctx: Context) -> Outcome:
+    """He et al. 2016 Table 3: original (post-activation) vs full pre-activation units, ResNet-110 and 164."""
+    records = run_all(ctx.specs(PREACT_MODELS), ctx.cfg, ctx.runs_dir, ctx.log)
+    summary = run_summary(records)
+    labels = {"resnet110": "original", "preact_resnet110": "pre-activation", "resnet164": "original",
+              "preact_resnet164": "pre-activation"}
+    colors = {"resnet110": "tab:red", "preact_resnet110": "tab:blue", "resnet164": "tab:red",
+              "preact_resnet164": "tab:blue"}
+    path = _comparison_figure(ctx, summary, [("ResNet-110 (basic units)", ["resnet110", "preact_resnet110"]),
+                                             ("ResNet-164 (bottleneck units)", ["resnet164", "preact_resnet164"])],
+                              labels, colors, records, ctx.out / "preact.png",
+                              "Original vs pre-activation units on CIFAR-10 (He et al. 2016 Table 3)",
+                              ctx.seeds_text(True))
+    rows = [[label.replace("preact_", "").replace("resnet", "ResNet-"), labels[label],
+             f"{summary[label]['params']:,}",
+             fmt_pct(summary[label]["final_val_err"]["mean"], summary[label]["final_val_err"]["std"]),
+             fmt_pct(summary[label]["final_train_err"]["mean"], summary[label]["final_train_err"]["std"]),
+             f"{PAPER_2016_TABLE3[label]:.2f}"] for label, *_ in PREACT_MODELS]
+    table = markdown_table(["network", "unit", "params", "final val err (%)", "final train err (%)",
+                            "paper test err (%)"], rows)
+    sections = [
+        ("What is run", (
+            "He et al. 2016 (Identity Mappings) Table 3 compares the original unit (conv-BN-ReLU-conv-BN, add, "
+            "ReLU; Fig. 4a) with the full pre-activation unit (BN-ReLU-conv twice, add, nothing after; Fig. 4e) "
+            "on CIFAR-10 ResNet-110 (basic units) and ResNet-164 (bottlenecks). Both trained here with the "
+            "2015 paper's CIFAR recipe (lr 0.01 warm-up for the first 400 of 64k iterations, then 0.1), "
+            f"{ctx.seeds_text()}. Budget `{ctx.budget.name}`: {ctx.budget.description}.")),
+        ("Results", table),
+        ("What this budget does and does not show", budget_note(ctx, "preact")),
+    ]
+    headline = [f"{k}: {fmt_pct(v['final_val_err']['mean'])}% (paper {PAPER_2016_TABLE3[k]}%)"
+                for k, v in summary.items()]
+    return Outcome("Original vs pre-activation residual units (He et al. 2016 Table 3)", sections,
+                   {"runs": summary, "paper_test_err_pct": PAPER_2016_TABLE3}, [path.name], records, headline)
+
+
+# --------------------------------------------------------------------------------------------- entry point
+
+EXPERIMENTS: dict[str, Callable[[Context], Outcome]] = {
+    "degradation": degradation, "table6": table6, "layer-responses": layer_responses, "shortcuts": shortcuts,
+    "preact": preact,
+}
+
+
+def reproduce_command(name: str, out: str | Path, budget: str, seeds: int, *, data: str | None = None,
+                      runs_dir: str | Path | None = None, val_split: int | None = None, device: str = "auto",
+                      iters: int | None = None, from_dir: str | Path | None = None, with_1202: bool = False,
+                      images: int = 0, threads: int | None = None) -> str:
+    """The exact ``resnetlab reproduce`` command line that produces (or resumes) an experiment."""
+    parts = ["resnetlab", "reproduce", name, "--budget", budget, "--seeds", str(seeds)]
+    if data:
+        parts += ["--data", str(data)]
+    if val_split is not None:
+        parts += ["--val-split", str(val_split)]
+    if iters:
+        parts += ["--iters", str(iters)]
+    if from_dir:
+        parts += ["--from", str(from_dir)]
+    if with_1202:
+        parts += ["--with-1202"]
+    if images:
+        parts += ["--images", str(images)]
+    if device != "auto":
+        parts += ["--device", device]
+    if threads:
+        parts += ["--threads", str(threads)]
+    parts += ["--out", str(out)]
+    if runs_dir:
+        parts += ["--runs", str(runs_dir)]
+    return shlex.join(parts)
+
+
+def previous_invocations(out: Path, name: str) -> list[dict[str, Any]]:
+    """The invocations recorded in ``out/results.json`` by earlier calls of the same experiment (else none)."""
+    try:
+        if json.loads((out / "config.json").read_text()).get("experiment") != name:
+            return []
+        old = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if "invocations" in old:
+        return list(old["invocations"])
+    if "invocation_wall_seconds" in old:  # written before invocations were listed
+        return [{"wall_seconds": old["invocation_wall_seconds"], "trained": old.get("trained_in_this_invocation", [])}]
+    return []
+
+
+def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: int = 1, data: str | None = None,
+                   runs_dir: str | Path | None = None, val_split: int | None = None, device: str = "auto",
+                   iters: int | None = None, from_dir: str | Path | None = None, with_1202: bool = False,
+                   images: int = 0, threads: int | None = None, command: str | None = None,
+                   log: Callable[[str], None] | None = None) -> Outcome:
+    """Train (or resume, or reuse) an experiment's runs, then write its figures and report into ``out``.
+
+    ``runs_dir`` (default ``out/runs``) holds the run folders with their checkpoints; when
+    it lies outside ``out``, each run's ``metrics.jsonl`` and ``config.json`` are copied
+    to ``out/run-logs/<run>/`` so the report folder keeps every curve's numbers but no weights
+    (not ``out/runs/``: the repository's .gitignore ignores every folder named ``runs``).
+    ``threads`` sets torch's intra-op threads for the experiment (default: the budget's).
+    """
+    if name not in EXPERIMENTS:
+        raise UserError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    if budget not in BUDGETS:
+        raise UserError(f"unknown budget {budget!r}; choose from {', '.join(BUDGETS)}")
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    if from_dir and name != "layer-responses":
+        raise UserError("--from only applies to layer-responses (it reuses degradation's runs)")
+    if from_dir and not Path(from_dir).is_dir():
+        raise UserError(f"--from {from_dir}: no such folder")
+    require_matplotlib()  # before hours of training, not after
+    log = log or (lambda msg: print(msg, flush=True))
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    runs = Path(runs_dir) if runs_dir else out / "runs"
+    b = BUDGETS[budget]
+    if iters and iters != b.iters:
+        b = dataclasses.replace(b, description=f"`--iters {iters}`: the paper's schedule (lr drops at 50% and 75%, "
+                                               f"warm-up of 110+ layers) scaled to {iters:,} iterations")
+    cfg = base_config(b, data, val_split, device, iters)
+    ctx = Context(name, out, runs, b, cfg, seeds, log, Path(from_dir) if from_dir else None, with_1202, images)
+    out.mkdir(parents=True, exist_ok=True)
+    threads_before = torch.get_num_threads()
+    if threads or b.threads:
+        torch.set_num_threads(threads or b.threads)
+    started = time.perf_counter()
+    try:
+        outcome = EXPERIMENTS[name](ctx)
+        threads_used = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads_before)
+    wall = time.perf_counter() - started
+
+    inside = runs.resolve().is_relative_to(out.resolve())
+    copied = [] if inside else copy_metrics(outcome.records, out / RUN_LOGS)
+    trained = [r.spec.name for r in outcome.records if r.trained_now]
+    run_walls = {r.spec.name: round(r.wall_time, 1) for r in outcome.records}
+    # Every invocation that wrote this report (a resumed experiment has several), oldest first.
+    invocations = previous_invocations(out, name) + [{"wall_seconds": round(wall, 1), "trained": trained}]
+    reused = outcome.config.get("reused_runs") or {}
+    own = {k: v for k, v in run_walls.items() if k not in reused}
+    outcome.results.update({
+        "invocation_wall_seconds": round(wall, 1),
+        "runs_wall_seconds": run_walls,
+        "runs_wall_seconds_total": round(sum(own.values()), 1),  # runs reused from --from are not counted
+        "trained_in_this_invocation": trained,
+        "invocations": invocations,
+    })
+    config = {
+        "experiment": name, "budget": b.name, "budget_description": b.description, "seeds": seeds,
+        "data": data, "val_split": cfg.val_split, "subset": cfg.subset, "iters": cfg.iters, "device": device,
+        "out": str(out), "runs_dir": str(runs), "metrics_copied_to": str(out / RUN_LOGS) if copied else None,
+        "train_config": cfg.to_dict(), "runs": [{"name": r.spec.name, "model": r.spec.model,
+                                                 "model_args": r.spec.model_args, "seed": r.spec.seed,
+                                                 "dir": str(r.out_dir)} for r in outcome.records],
+        "torch": torch.__version__, "resnetlab": __version__, "threads": threads_used,
+        **outcome.config,
+    }
+    total = sum(own.values())
+    reuse_note = (f" ({len(reused)} more reused from `{from_dir}`, their "
+                  f"{sum(run_walls[k] for k in reused):,.0f} s of training counted there)" if reused else "")
+    timing = (f"Training: {total:,.0f} s ({total / 60:.1f} min) summed over the {len(own)} runs' own wall "
+              f"times{reuse_note} (a resumed run counts all its sessions); this invocation took {wall:,.0f} s "
+              f"({wall / 60:.1f} min) and trained {len(trained)} of them"
+              + (f" (all {len(invocations)} invocations: " + ", ".join(
+                  f"{i['wall_seconds']:,.0f} s training {len(i['trained'])}" for i in invocations) + ")"
+                 if len(invocations) > 1 else "")
+              + f"; {threads_used} CPU thread(s), "
+              f"torch {torch.__version__}. Run folders (checkpoints, full logs): `{runs}`"
+              + (f"; each run's `metrics.jsonl` and `config.json` are copied under `{RUN_LOGS}/` here." if copied
+                 else "."))
+    command = command or reproduce_command(name, out, budget, seeds, data=data, runs_dir=runs_dir,
+                                           val_split=val_split, device=device, iters=iters, from_dir=from_dir,
+                                           with_1202=with_1202, images=images, threads=threads)
+    sections = outcome.sections + [("Run", timing + "\n\nRunning the same command again resumes: finished runs "
+                                           "are read back, an interrupted one continues from its `last.pt`.")]
+    write_report(out, outcome.title, command, config, outcome.results, sections, outcome.figures)
+    return outcome

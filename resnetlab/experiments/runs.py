@@ -1,0 +1,226 @@
+"""An experiment is a list of training runs: each one a ``resnetlab train`` run folder, resumable.
+
+:func:`ensure_run` is the only way an experiment trains anything. It looks at the
+run's folder and does what is left to do:
+
+* ``summary.json`` present: the run finished; read its history, train nothing;
+* ``last.pt`` present: the run was interrupted; continue it with the engine's
+  exact ``--resume`` (same weights, optimizer, RNG and schedule as if never stopped);
+* otherwise: start it.
+
+So the state of an experiment is its run folders, nothing else, and re-invoking an
+interrupted experiment repeats no finished run. A folder that holds a run of some
+other configuration (another budget, model or data) is refused rather than mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..engine.config import RECIPES, TrainConfig, recipe_config
+from ..engine.train import train
+from ..errors import UserError
+
+# Fields that define what a run computes; a folder whose config differs in any of them is another run.
+IDENTITY_FIELDS = ("model", "model_args", "data", "val_split", "subset", "recipe", "batch_size", "lr", "iters",
+                   "milestones", "warmup_iters", "seed", "weight_decay")
+
+
+class ExperimentInterrupted(UserError):
+    """A run stopped on SIGINT/SIGTERM with a checkpoint; re-running the same command continues it."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of an experiment: folder name, model and constructor overrides, seed and a legend label."""
+
+    name: str
+    model: str
+    label: str
+    seed: int = 0
+    model_args: dict[str, Any] = field(default_factory=dict)
+    group: str = ""
+
+
+@dataclass
+class RunRecord:
+    """A finished run as an experiment sees it: its folder, history (metrics.jsonl) and summary."""
+
+    spec: RunSpec
+    out_dir: Path
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+    config: dict[str, Any]
+    trained_now: bool
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """The last evaluation record (end of training)."""
+        return self.history[-1] if self.history else (self.summary.get("last") or {})
+
+    @property
+    def wall_time(self) -> float:
+        """Seconds the run took, summed over all its (resumed) sessions, as the engine recorded it."""
+        return float(self.summary.get("wall_time") or 0.0)
+
+
+def run_state(run_dir: Path) -> str:
+    """``"done"`` (summary.json), ``"partial"`` (last.pt, no summary) or ``"new"``."""
+    if (run_dir / "summary.json").is_file():
+        return "done"
+    if (run_dir / "last.pt").is_file():
+        return "partial"
+    return "new"
+
+
+def _same_run(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """The identity fields in which a run folder's config.json differs from ``cfg`` (empty: same run)."""
+    want = cfg.to_dict()
+    diffs = []
+    for key in IDENTITY_FIELDS:
+        a, b = saved.get(key), want.get(key)
+        if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+            a, b = list(a or []), list(b or [])
+        if a != b:
+            diffs.append(f"{key}: folder has {a!r}, this experiment wants {b!r}")
+    return diffs
+
+
+def read_run(spec: RunSpec, run_dir: Path, trained_now: bool = False) -> RunRecord:
+    """Load a finished run folder (config.json, metrics.jsonl, summary.json) into a :class:`RunRecord`."""
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    return RunRecord(spec, run_dir, history, summary, config, trained_now)
+
+
+def ensure_run(spec: RunSpec, cfg: TrainConfig, runs_dir: Path,
+               log: Callable[[str], None] = print) -> RunRecord:
+    """Finish ``spec`` in ``runs_dir/spec.name`` with ``cfg`` (start, resume or just read it); see the module doc."""
+    run_dir = runs_dir / spec.name
+    cfg = cfg.replace(model=spec.model, model_args=dict(spec.model_args), seed=spec.seed, out=str(run_dir))
+    state = run_state(run_dir)
+    if state != "new" and (run_dir / "config.json").is_file():
+        diffs = _same_run(json.loads((run_dir / "config.json").read_text()), cfg)
+        if diffs:
+            raise UserError(f"{run_dir} holds a different run ({'; '.join(diffs)}); "
+                            "pick another --out/--runs or delete that folder")
+    if state == "done":
+        log(f"[{spec.name}] finished earlier; reusing {run_dir}")
+        return read_run(spec, run_dir)
+    if state == "partial":
+        log(f"[{spec.name}] continuing the interrupted run in {run_dir}")
+        cfg = cfg.replace(resume=str(run_dir))
+    else:
+        log(f"[{spec.name}] training {spec.model} {spec.model_args or ''} seed {spec.seed} -> {run_dir}")
+    result = train(cfg, argv=["resnetlab-reproduce", spec.name], log=log)
+    if result.status != "completed":
+        raise ExperimentInterrupted(
+            f"stopped during {spec.name} at iteration {result.step} of {result.total}; run the same command "
+            "again to continue (finished runs are not repeated)")
+    return read_run(spec, run_dir, trained_now=True)
+
+
+def run_all(specs: Sequence[RunSpec], cfg: TrainConfig, runs_dir: Path,
+            log: Callable[[str], None] = print) -> list[RunRecord]:
+    """:func:`ensure_run` for every spec in order; an interruption stops the experiment (resumable)."""
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate run names in {names}")
+    return [ensure_run(spec, cfg, runs_dir, log) for spec in specs]
+
+
+def copy_metrics(records: Sequence[RunRecord], dest: Path) -> list[str]:
+    """Copy each run's metrics.jsonl and config.json to ``dest/<run>/`` (small files only, no checkpoints).
+
+    Used when the run folders (with their .pt files) live outside the report folder,
+    so the report folder still carries every curve's raw numbers.
+    """
+    written = []
+    for rec in records:
+        target = dest / rec.spec.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.jsonl", "config.json"):
+            if (rec.out_dir / name).is_file() and (rec.out_dir / name).resolve() != (target / name).resolve():
+                shutil.copyfile(rec.out_dir / name, target / name)
+                written.append(str(target / name))
+    return written
+
+
+# --------------------------------------------------------------------------------------------- numbers
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value; NaN mean for none)."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return float("nan"), float("nan")
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def fmt_pct(mean: float, std: float | None = None, digits: int = 2) -> str:
+    """``12.34`` or ``12.34 ± 0.56`` from fractions (error rates are stored as fractions, shown in %)."""
+    if mean is None or not math.isfinite(mean):
+        return "n/a"
+    if std is None:
+        return f"{100 * mean:.{digits}f}"
+    return f"{100 * mean:.{digits}f} ± {100 * std:.{digits}f}"
+
+
+def average_histories(histories: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Average the numeric fields of several histories at the iterations all of them share (seeds of one config)."""
+    if len(histories) == 1:
+        return list(histories[0])
+    common = set.intersection(*({m["iteration"] for m in h} for h in histories))
+    by_iter = [{m["iteration"]: m for m in h} for h in histories]
+    out = []
+    for it in sorted(common):
+        rows = [h[it] for h in by_iter]
+        rec: dict[str, Any] = {"iteration": it}
+        for key in ("train_err", "train_loss", "val_top1_err", "val_loss"):
+            vals = [r.get(key) for r in rows]
+            if all(v is not None for v in vals):
+                rec[key] = statistics.fmean(vals)
+        out.append(rec)
+    return out
+
+
+def base_config(budget: "Budget", data: str | None, val_split: int | None, device: str,
+                iters: int | None = None) -> TrainConfig:
+    """The paper-cifar recipe (He et al. 2015 Sec. 4.2) with the budget's length and runtime settings."""
+    iters = iters or budget.iters
+    eval_every = math.ceil(iters / budget.evals) if budget.evals else None
+    recipe = RECIPES["paper-cifar"].values
+    # The whole schedule scales with the run: the milestones are fractions already, and the
+    # 400-iteration lr-0.01 warm-up of 110+ layer nets (Sec. 4.2) becomes the same fraction of
+    # the run. Unscaled, a 640-iteration ResNet-110 would warm up past both lr drops and never
+    # see lr 0.1 at all.
+    warmup = round(recipe["warmup_iters"] * iters / recipe["iters"])
+    return recipe_config(
+        "paper-cifar", data=data, iters=iters, batch_size=budget.batch_size,
+        val_split=budget.val_split if val_split is None else val_split, subset=budget.subset,
+        compile=budget.compile, amp=budget.amp, eval_every=eval_every, device=device,
+        warmup_iters=warmup,
+    )
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long each run trains, on what slice of the data, and with which runtime settings."""
+
+    name: str
+    iters: int
+    description: str
+    batch_size: int = 128
+    val_split: int = 5000
+    subset: int = 0
+    evals: int | None = None  # evaluations per run; None: the engine's default (about 20, at most once an epoch)
+    compile: bool = False
+    amp: str | None = None
+    threads: int | None = None  # torch intra-op threads; None leaves torch's default

@@ -1,0 +1,201 @@
+"""``resnetlab reproduce``: every experiment at ``--budget smoke`` on the bundled sample, resume, layer responses."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnetlab.cli import main
+from resnetlab.engine import train as train_mod
+from resnetlab.errors import UserError
+from resnetlab.experiments.layer_responses import LayerStats, measure_responses, response_layers
+from resnetlab.experiments.reproduce import BUDGETS, EXPERIMENTS
+from resnetlab.experiments.runs import ExperimentInterrupted, RunSpec, base_config, ensure_run, run_all
+from resnetlab.models import create_model
+
+SAMPLE = str(Path(__file__).resolve().parents[1] / "resnetlab" / "data" / "sample" / "cifar10-sample")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FIGURE = {"degradation": "degradation.png", "table6": "table6.png", "layer-responses": "layer_responses.png",
+          "shortcuts": "shortcuts.png", "preact": "preact.png"}
+
+
+def _numbers(value):
+    """Every number in a JSON document (bools excluded)."""
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _numbers(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _numbers(v)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every experiment once through the CLI at --budget smoke; layer-responses reuses degradation's runs."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RESNETLAB_DATA", str(tmp_path_factory.getbasetemp() / "cache"))
+    base = tmp_path_factory.mktemp("reproduce")
+    outs = {}
+    try:
+        for name in EXPERIMENTS:
+            out = base / name
+            argv = ["reproduce", name, "--budget", "smoke", "--data", SAMPLE, "--out", str(out)]
+            if name == "degradation":  # checkpoints outside the report folder, as for docs/results
+                argv += ["--runs", str(base / "degradation-runs")]
+            if name == "layer-responses":
+                argv += ["--from", str(base / "degradation")]
+            assert main(argv) == 0, name
+            outs[name] = out
+    finally:
+        mp.undo()
+    return outs
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_smoke_writes_report_figure_and_finite_numbers(smoke: dict[str, Path], name: str) -> None:
+    out = smoke[name]
+    assert (out / FIGURE[name]).read_bytes()[:8] == PNG_MAGIC
+    results = json.loads((out / "results.json").read_text())
+    numbers = list(_numbers(results))
+    assert numbers and all(math.isfinite(v) for v in numbers)
+    assert "non_finite" not in results
+    config = json.loads((out / "config.json").read_text())
+    assert config["experiment"] == name and config["budget"] == "smoke" and config["iters"] == BUDGETS["smoke"].iters
+    report = (out / "report.md").read_text()
+    assert f"resnetlab reproduce {name} --budget smoke --seeds 1 --data {SAMPLE}" in report
+    assert f"]({FIGURE[name]})" in report and "smoke" in report
+    # Every run is a normal `resnetlab train` folder.
+    for run in config["runs"]:
+        assert (Path(run["dir"]) / "summary.json").is_file() and (Path(run["dir"]) / "last.pt").is_file()
+
+
+def test_degradation_runs_and_checks(smoke: dict[str, Path]) -> None:
+    results = json.loads((smoke["degradation"] / "results.json").read_text())
+    assert set(results["runs"]) == {f"{a}{d}" for a in ("plain", "resnet") for d in (20, 32, 44, 56)}
+    # Option A: plain and residual twins have the same parameters (paper Sec. 4.2).
+    assert results["runs"]["plain56"]["params"] == results["runs"]["resnet56"]["params"] == 853_018
+    assert set(results["checks"]) >= {"plain56_train_err_above_plain20", "resnet56_val_err_below_resnet20"}
+    assert len(results["runs"]["resnet20"]["history"]) == 2  # evaluations at iterations 1 and 2
+    # The run folders live in --runs; the report folder gets their logs but no checkpoints.
+    out = smoke["degradation"]
+    assert not list(out.rglob("*.pt")) and not (out / "runs").exists()
+    assert (out / "run-logs" / "plain56-s0" / "metrics.jsonl").read_text().count("\n") == 2
+    assert (out.parent / "degradation-runs" / "plain56-s0" / "last.pt").is_file()
+
+
+def test_layer_responses_reuse_and_shape(smoke: dict[str, Path]) -> None:
+    results = json.loads((smoke["layer-responses"] / "results.json").read_text())
+    # plain-20/56 and ResNet-20/56 come from degradation; only ResNet-110 is trained here.
+    assert sorted(results["reused_runs"]) == ["plain20-s0", "plain56-s0", "resnet20-s0", "resnet56-s0"]
+    assert results["trained_in_this_invocation"] == ["resnet110-s0"]
+    for name, depth in (("plain20", 20), ("resnet56", 56), ("resnet110", 110)):
+        r = results["responses"][name]
+        assert len(r["std"]) == depth - 1  # every 3x3 layer: the stem and two per unit
+        assert r["std_sorted"] == sorted(r["std"], reverse=True)
+    assert "reused" in (smoke["layer-responses"] / "report.md").read_text()
+
+
+def test_table6_and_preact_have_paper_columns(smoke: dict[str, Path]) -> None:
+    t6 = json.loads((smoke["table6"] / "results.json").read_text())
+    assert t6["paper_test_err_pct"]["110"] == 6.43 and "resnet1202" not in t6["runs"]
+    assert t6["runs"]["resnet110"]["params"] == 1_727_962
+    pre = json.loads((smoke["preact"] / "results.json").read_text())
+    assert pre["paper_test_err_pct"]["preact_resnet164"] == 5.46
+    # The original 164 has the pre-activation 164's layers (bottlenecks, projection shortcuts).
+    assert set(pre["runs"]) == {"resnet110", "preact_resnet110", "resnet164", "preact_resnet164"}
+    sc = json.loads((smoke["shortcuts"] / "results.json").read_text())
+    assert sc["runs"]["resnet20-A"]["params"] < sc["runs"]["resnet20-B"]["params"] < sc["runs"]["resnet20-C"]["params"]
+
+
+def test_rerun_trains_nothing(smoke: dict[str, Path]) -> None:
+    out = smoke["shortcuts"]
+    before = (out / "runs" / "resnet20-A-s0" / "summary.json").stat().st_mtime_ns
+    assert main(["reproduce", "shortcuts", "--budget", "smoke", "--data", SAMPLE, "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["trained_in_this_invocation"] == []
+    assert [len(i["trained"]) for i in results["invocations"]] == [6, 0]  # both calls are on record
+    assert (out / "runs" / "resnet20-A-s0" / "summary.json").stat().st_mtime_ns == before
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_interrupted_experiment_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGINT inside the second run stops the experiment; the next call skips the first and resumes the second."""
+    monkeypatch.setenv("RESNETLAB_DATA", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    cfg = base_config(BUDGETS["smoke"], SAMPLE, None, "cpu", iters=4).replace(eval_every=2)
+    specs = [RunSpec("a-s0", "resnet20", "a", 0), RunSpec("b-s0", "resnet20", "b", 1)]
+    real_lr_at = train_mod.lr_at
+    calls = {"n": 0}
+
+    def interrupt_in_second_run(step, schedule):
+        calls["n"] += 1
+        if calls["n"] == 4 + 3:  # the second run's third step (after 4 steps in the first run)
+            signal.raise_signal(signal.SIGINT)
+        return real_lr_at(step, schedule)
+
+    monkeypatch.setattr(train_mod, "lr_at", interrupt_in_second_run)
+    with pytest.raises(ExperimentInterrupted, match="run the same command again"):
+        run_all(specs, cfg, tmp_path / "runs", log=lambda _: None)
+    assert (tmp_path / "runs" / "a-s0" / "summary.json").is_file()
+    assert (tmp_path / "runs" / "b-s0" / "last.pt").is_file()
+    assert not (tmp_path / "runs" / "b-s0" / "summary.json").exists()
+    stopped_at = torch.load(tmp_path / "runs" / "b-s0" / "last.pt", weights_only=True)["step"]
+    assert stopped_at == 3
+
+    monkeypatch.setattr(train_mod, "lr_at", real_lr_at)
+    messages: list[str] = []
+    records = run_all(specs, cfg, tmp_path / "runs", log=messages.append)
+    assert [r.trained_now for r in records] == [False, True]
+    assert any("continuing the interrupted run" in m for m in messages)
+    assert any("resumed" in m and "at iteration 3" in m for m in messages)
+    assert [m["iteration"] for m in records[1].history] == [2, 4]
+
+    # A folder holding another configuration is refused, not mixed in.
+    with pytest.raises(UserError, match="holds a different run"):
+        ensure_run(RunSpec("a-s0", "resnet32", "a", 0), cfg, tmp_path / "runs", log=lambda _: None)
+
+
+def test_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["reproduce", "degradation", "--budget", "smoke", "--seeds", "0", "--out", str(tmp_path)]) == 2
+    assert main(["reproduce", "degradation", "--budget", "smoke", "--from", str(tmp_path), "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "--from only applies to layer-responses" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- layer responses
+
+
+def test_layer_stats_match_torch() -> None:
+    x = torch.randn(6, 4, 5, 5) * torch.tensor([1.0, 2.0, 3.0, 0.5]).view(1, 4, 1, 1) + 1.5
+    s = LayerStats("x")
+    s.add(x[:2])
+    s.add(x[2:].contiguous(memory_format=torch.channels_last))
+    assert s.std() == pytest.approx(float(x.double().std(unbiased=False)), rel=1e-9)
+    per_channel = x.double().transpose(0, 1).reshape(4, -1).std(1, unbiased=False).mean()
+    assert s.channel_std() == pytest.approx(float(per_channel), rel=1e-9)
+
+
+def test_response_layers_are_the_bns_after_3x3_convs() -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet20")
+    names = [n for n, _ in response_layers(model)]
+    assert len(names) == 19 and names[:3] == ["bn1", "layer1.0.bn1", "layer1.0.bn2"] and names[-1] == "layer3.2.bn2"
+    with pytest.raises(ValueError, match="post-activation"):
+        response_layers(create_model("preact_resnet110"))
+    # The hook sees BN's output before the in-place ReLU: on a fresh net in eval mode BN is the identity
+    # (running mean 0, var 1, gamma 1, beta 0), so the stem's response is the stem conv's output.
+    x = torch.randn(8, 3, 32, 32)
+    res = measure_responses(model, [(x, torch.zeros(8))])
+    with torch.no_grad():
+        stem = model.conv1(x)
+    assert res["std"][0] == pytest.approx(float(stem.double().std(unbiased=False)), rel=1e-4)
+    assert model.training  # mode restored
