@@ -19,6 +19,8 @@ from resnetlab.experiments.analyze import (
 from resnetlab.experiments.plots import Panel, Series, new_figure, plot_panels, save_figure
 from resnetlab.experiments.report import write_report
 
+from _util import json_numbers
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -30,18 +32,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _numbers(value):
-    """Every number in a JSON document (bools excluded)."""
-    if isinstance(value, dict):
-        for v in value.values():
-            yield from _numbers(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _numbers(v)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        yield value
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +51,7 @@ def test_quick_run_writes_report_figure_and_finite_numbers(quick_runs: dict[str,
     png = out / f"{name}.png"
     assert png.read_bytes()[:8] == PNG_MAGIC
     results = json.loads((out / "results.json").read_text())
-    numbers = list(_numbers(results))
+    numbers = list(json_numbers(results))
     assert numbers and all(math.isfinite(v) for v in numbers)
     assert "non_finite" not in results
     config = json.loads((out / "config.json").read_text())

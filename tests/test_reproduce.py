@@ -18,22 +18,12 @@ from resnetlab.experiments.reproduce import BUDGETS, EXPERIMENTS
 from resnetlab.experiments.runs import ExperimentInterrupted, RunSpec, base_config, ensure_run, run_all
 from resnetlab.models import create_model
 
+from _util import json_numbers
+
 SAMPLE = str(Path(__file__).resolve().parents[1] / "resnetlab" / "data" / "sample" / "cifar10-sample")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURE = {"degradation": "degradation.png", "table6": "table6.png", "layer-responses": "layer_responses.png",
           "shortcuts": "shortcuts.png", "preact": "preact.png"}
-
-
-def _numbers(value):
-    """Every number in a JSON document (bools excluded)."""
-    if isinstance(value, dict):
-        for v in value.values():
-            yield from _numbers(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _numbers(v)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        yield value
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +53,7 @@ def test_smoke_writes_report_figure_and_finite_numbers(smoke: dict[str, Path], n
     out = smoke[name]
     assert (out / FIGURE[name]).read_bytes()[:8] == PNG_MAGIC
     results = json.loads((out / "results.json").read_text())
-    numbers = list(_numbers(results))
+    numbers = list(json_numbers(results))
     assert numbers and all(math.isfinite(v) for v in numbers)
     assert "non_finite" not in results
     config = json.loads((out / "config.json").read_text())

@@ -16,12 +16,12 @@ from ..errors import UserError
 
 COMMAND_MODULES = [
     "resnetlab.cli.models",
-    "resnetlab.cli.export",
-    "resnetlab.cli.analyze",
     "resnetlab.cli.train",
     "resnetlab.cli.evaluate",
     "resnetlab.cli.reproduce",
+    "resnetlab.cli.analyze",
     "resnetlab.cli.bench",
+    "resnetlab.cli.export",
 ]
 
 
