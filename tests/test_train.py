@@ -215,3 +215,28 @@ def test_checkpoint_of_another_architecture_or_class_count(tmp_path: Path) -> No
         ckpt_mod.load_weights(create_model("resnet20"), state)
     with pytest.raises(UserError, match="fc.weight"):
         ckpt_mod.load_weights(create_model("resnet20", num_classes=100), create_model("resnet20").state_dict())
+
+
+def test_large_images_stream_through_dataloader_workers(tmp_path: Path) -> None:
+    """Images too big to keep in memory go through DataLoader workers with RandomResizedCrop (ImageNet path)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 8), ("val", 4)):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / "imgs" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(0, 256, (96, 112, 3), generator=g, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    cfg = recipe_config("paper-imagenet", data=str(tmp_path / "imgs"), image_size=64, batch_size=4, iters=3,
+                        eval_every=3, out=str(tmp_path / "run"), device="cpu", workers=2,
+                        model="resnet18", model_args={"stem": "cifar"})
+    result = train(cfg)
+    assert result.step == 3 and result.last["val_top1_err"] is not None
+    raw = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert raw["input_size"] == [3, 64, 64] and raw["classes"] == ["cat", "dog"]
+    from resnetlab.engine.predict import evaluate_checkpoint
+
+    res = evaluate_checkpoint(str(tmp_path / "run" / "last.pt"), str(tmp_path / "imgs"), device="cpu", workers=0)
+    assert res["n"] == 8 and sum(map(sum, res["confusion"])) == 8  # the val/ split, resized and centre-cropped
