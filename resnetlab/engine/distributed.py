@@ -70,10 +70,21 @@ def setup(device: str) -> DistInfo:
     return DistInfo(rank, world, local_rank, dev)
 
 
-def teardown() -> None:
-    """Leave the process group (if any)."""
+def teardown(wait_for_peers: bool = True) -> None:
+    """Leave the process group (if any); after a normal finish, all ranks together.
+
+    Without the barrier a rank that finishes first closes its gloo connections while
+    its peer is still inside its last collective or its own teardown; gloo's reader
+    thread then aborts that peer ("terminate called without an active exception",
+    SIGABRT) and torchrun reports a finished run as failed. A rank leaving on an
+    error skips the barrier: its peers fail at their next collective instead.
+    """
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if wait_for_peers:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def broadcast_flag(flag: bool, info: DistInfo) -> bool:

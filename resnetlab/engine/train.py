@@ -220,9 +220,12 @@ def train(cfg: TrainConfig, argv: list[str] | None = None, log: Callable[[str], 
     info = distributed.setup(cfg.device)
     log = log or (lambda msg: print(msg, flush=True) if info.is_main else None)
     try:
-        return _train(cfg, argv or [], log, info)
-    finally:
-        distributed.teardown()
+        result = _train(cfg, argv or [], log, info)
+    except BaseException:
+        distributed.teardown(wait_for_peers=False)
+        raise
+    distributed.teardown()
+    return result
 
 
 def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: distributed.DistInfo) -> RunResult:
