@@ -139,6 +139,11 @@ class Outcome:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+
+def verdict(ok: bool) -> str:
+    """How a report states whether one of the paper's claims holds in this run."""
+    return "**holds**" if ok else "**does not hold**"
+
 def display_name(model: str) -> str:
     """``plain56`` -> ``plain-56``, ``resnet110`` -> ``ResNet-110`` (the paper's spelling)."""
     for prefix, shown in (("plain", "plain-"), ("resnet", "ResNet-")):
@@ -269,9 +274,6 @@ def degradation(ctx: Context) -> Outcome:
                          fmt_pct(e["best_val_err"]["mean"]), f"{sum(e['wall_seconds']):.0f}"])
     table = markdown_table(["network", "params", "final train err (%)", "final val err (%)", "best val err (%)",
                             "wall (s)"], rows)
-
-    def verdict(ok: bool) -> str:
-        return "**holds**" if ok else "**does not hold**"
 
     reading = (
         f"- Deeper plain net has higher *training* error (plain-56 {fmt_pct(plain_train[-1])}% vs plain-20 "
@@ -516,9 +518,6 @@ def layer_responses(ctx: Context) -> Outcome:
                      fmt_pct(mean_std([final_err(x) for x in recs])[0]), recs[0].summary.get("total_iters"), source])
     table = markdown_table(["network", "3x3 layers", "mean std", "median std", "max std", "mean channel std",
                             "val err (%)", "iters", "run"], rows)
-
-    def verdict(ok: bool) -> str:
-        return "**holds**" if ok else "**does not hold**"
 
     reading = (
         f"- ResNets respond more weakly than their plain counterparts: ResNet-20 {mean['resnet20']:.3f} vs plain-20 "
