@@ -139,10 +139,10 @@ class Outcome:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-
 def verdict(ok: bool) -> str:
     """How a report states whether one of the paper's claims holds in this run."""
     return "**holds**" if ok else "**does not hold**"
+
 
 def display_name(model: str) -> str:
     """``plain56`` -> ``plain-56``, ``resnet110`` -> ``ResNet-110`` (the paper's spelling)."""
