@@ -96,6 +96,8 @@ class MemoryLoader:
         self.images = F.pad(images, (self.pad,) * 4) if self.pad else images
         self.labels = labels.to(self.device)
         self.n = len(labels)
+        self._perm_epoch: int | None = None
+        self._perm = torch.empty(0, dtype=torch.long)
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -108,14 +110,20 @@ class MemoryLoader:
         per = -(-len(idx) // self.world)
         return idx[self.rank * per : (self.rank + 1) * per]
 
+    def _permutation(self, epoch: int) -> Tensor:
+        """The epoch's shuffled order, a function of (seed, epoch) alone; kept for the epoch's batches."""
+        if self._perm_epoch != epoch:
+            self._perm = torch.randperm(self.n, generator=batch_generator(self.seed, epoch))
+            self._perm_epoch = epoch
+        return self._perm
+
     def batch(self, epoch: int, index: int) -> tuple[Tensor, Tensor]:
         """Batch ``index`` of ``epoch`` (normalised float images on the device, labels), the same on every call."""
         if not self.train:
             idx = self._shard(torch.arange(index * self.batch_size, min(self.n, (index + 1) * self.batch_size)))
             x = self.images[idx.to(self.device)]
             return self.normalize(x), self.labels[idx.to(self.device)]
-        perm = torch.randperm(self.n, generator=batch_generator(self.seed, epoch))
-        idx = perm[index * self.batch_size : (index + 1) * self.batch_size]
+        idx = self._permutation(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
         # Draw augmentation for the whole global batch, then shard: 2 ranks see what 1 process sees.
         g = batch_generator(self.seed, epoch, index + 1)
         offsets = torch.randint(0, 2 * self.pad + 1, (len(idx), 2), generator=g)
@@ -140,6 +148,7 @@ class _EpochSampler(torch.utils.data.Sampler):
                  shuffle: bool) -> None:
         self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
         self.start, self.rank, self.world, self.shuffle = start, rank, world, shuffle
+        self.indices = self._indices()  # computed once: DataLoader calls len() and iter()
 
     def _indices(self) -> list[int]:
         order = torch.randperm(self.n, generator=batch_generator(self.seed, self.epoch)) if self.shuffle \
@@ -153,10 +162,10 @@ class _EpochSampler(torch.utils.data.Sampler):
         return out
 
     def __iter__(self):
-        return iter(self._indices())
+        return iter(self.indices)
 
     def __len__(self) -> int:
-        return len(self._indices())
+        return len(self.indices)
 
 
 class StreamLoader:
