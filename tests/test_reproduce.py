@@ -114,6 +114,20 @@ def test_rerun_trains_nothing(smoke: dict[str, Path]) -> None:
     assert (out / "runs" / "resnet20-A-s0" / "summary.json").stat().st_mtime_ns == before
 
 
+def test_invocations_of_another_budget_are_not_carried(tmp_path: Path) -> None:
+    """A report rewritten at another budget or length must not add the old runs' hours to the new ones'."""
+    from resnetlab.experiments.reproduce import previous_invocations
+
+    old = {"wall_seconds": 2484.0, "trained": ["plain20-s0"]}
+    (tmp_path / "results.json").write_text(json.dumps({"invocations": [old]}))
+    same = {"budget": "short", "iters": 640, "seeds": 1, "data": "d", "val_split": 5000}
+    (tmp_path / "config.json").write_text(json.dumps({"experiment": "degradation", **same}))
+    assert previous_invocations(tmp_path, "degradation", same) == [old]
+    assert previous_invocations(tmp_path, "degradation", {**same, "iters": 2000}) == []
+    assert previous_invocations(tmp_path, "degradation", {**same, "budget": "full"}) == []
+    assert previous_invocations(tmp_path, "table6", same) == []
+
+
 # ----------------------------------------------------------------------------- resume
 
 

@@ -177,6 +177,18 @@ def test_evaluate_and_predict_from_checkpoint_alone(tmp_path: Path, capsys: pyte
     (record,) = json.loads(capsys.readouterr().out)
     assert len(record["top"]) == 3 and abs(sum(t["prob"] for t in record["top"])) <= 1.0 + 1e-6
 
+    # The fast inference path (bf16 autocast, NHWC) gives the same answers up to bf16 rounding.
+    assert main(["evaluate", str(tmp_path / "run"), "--data", SAMPLE, "--json", "--amp", "bf16",
+                 "--channels-last"]) == 0
+    fast = json.loads(capsys.readouterr().out)
+    assert fast["amp"] == "bf16" and fast["channels_last"] and fast["n"] == res["n"]
+    assert abs(fast["top1"] - res["top1"]) <= 0.02 and abs(fast["loss"] - res["loss"]) <= 0.02 * res["loss"]
+    assert main(["predict", str(tmp_path / "run"), str(image), "--topk", "3", "--json", "--amp", "bf16",
+                 "--channels-last"]) == 0
+    (fast_record,) = json.loads(capsys.readouterr().out)
+    assert fast_record["top"][0]["class"] == record["top"][0]["class"]
+    assert abs(fast_record["top"][0]["prob"] - record["top"][0]["prob"]) <= 0.02
+
 
 # ----------------------------------------------------------------------------- bad input: one line, exit 2
 

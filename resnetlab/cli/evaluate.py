@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plots", metavar="DIR", nargs="?", const=".", help="write confusion.png (into DIR)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    add_speed_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="class names and probabilities for image files")
@@ -25,7 +26,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    add_speed_flags(p)
     p.set_defaults(func=cmd_predict)
+
+
+def add_speed_flags(p: argparse.ArgumentParser) -> None:
+    """--amp and --channels-last: the fast inference path, off by default so the numbers are fp32's."""
+    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
+                   help="autocast dtype for the forward pass (default none: fp32, the reference numbers)")
+    p.add_argument("--channels-last", action="store_true", help="run the model in NHWC memory format")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -33,7 +42,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     # With --json, stdout carries the JSON object alone: progress lines go to stderr.
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        res = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device)
+        res = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device,
+                                  amp=args.amp, channels_last=args.channels_last)
     if args.plots is not None:
         res["confusion_png"] = str(plot_confusion(res, Path(args.plots)))
     if args.json:
@@ -86,7 +96,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.checkpoint.endswith(".onnx"):
         records = predict_onnx_images(args.checkpoint, args.images, topk=args.topk)
     else:
-        records = predict_images(args.checkpoint, args.images, topk=args.topk, device=args.device)
+        records = predict_images(args.checkpoint, args.images, topk=args.topk, device=args.device, amp=args.amp,
+                                 channels_last=args.channels_last)
     if args.json:
         print(json.dumps(records))
         return 0

@@ -18,15 +18,33 @@ from ..data import transforms as T
 from ..errors import UserError
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .distributed import resolve_device
-from .evaluate import evaluate
+from .evaluate import autocast, evaluate
+
+
+def _inference_model(ckpt: dict[str, Any], dev: torch.device, amp: str, channels_last: bool) -> torch.nn.Module:
+    """The checkpoint's model on ``dev`` in eval mode, NHWC if asked; checks ``amp`` (a user's flag)."""
+    if amp not in AMP_CHOICES:
+        raise UserError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
+    model = model_from_checkpoint(ckpt).to(dev).eval()
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+# Inference defaults to fp32 NCHW, the reference numbers; ``--amp bf16 --channels-last`` is the fast path
+# (ResNet-50 batch 16: 2.31x eager fp32 on this project's AVX512-BF16 CPU, docs/benchmarks.md).
+AMP_CHOICES = ("none", "bf16", "fp16")
 
 
 def evaluate_checkpoint(path: str, data: str, *, batch_size: int = 256, device: str = "auto",
-                        workers: int = 2, log=print) -> dict[str, Any]:
-    """Top-1/top-5, loss, per-class accuracy and confusion matrix of a checkpoint on ``data``'s evaluation split."""
+                        workers: int = 2, amp: str = "none", channels_last: bool = False,
+                        log=print) -> dict[str, Any]:
+    """Top-1/top-5, loss, per-class accuracy and confusion matrix of a checkpoint on ``data``'s evaluation split.
+
+    ``amp`` ("none", "bf16", "fp16") runs the forward pass under autocast and ``channels_last``
+    in NHWC: faster, and the error can move by a few borderline images.
+    """
     ckpt = load_checkpoint(path)
     dev = resolve_device(device)
-    model = model_from_checkpoint(ckpt).to(dev)
+    model = _inference_model(ckpt, dev, amp, channels_last)
     classes = ckpt["classes"]
     norm = ckpt["normalization"]
     size = ckpt["input_size"][-1]
@@ -36,11 +54,12 @@ def evaluate_checkpoint(path: str, data: str, *, batch_size: int = 256, device: 
             raise UserError(f"{data} has {ds.images.shape[1]}-channel images; the checkpoint expects "
                             f"{ckpt['input_size'][0]}")
         loader = MemoryLoader(ds.images, ds.labels, batch_size, train=False, mean=norm["mean"], std=norm["std"],
-                              device=dev)
+                              device=dev, channels_last=channels_last)
     else:
         loader = StreamLoader(ds, batch_size, train=False, mean=norm["mean"], std=norm["std"], device=dev,
-                              workers=workers)
-    result = evaluate(model, loader.epoch(0), len(classes), device=dev)
+                              channels_last=channels_last, workers=workers)
+    result = evaluate(model, loader.epoch(0), len(classes), device=dev, amp=amp)
+    result["amp"], result["channels_last"] = amp, channels_last
     result["classes"] = classes
     result["checkpoint"] = str(path)
     result["data"] = str(data)
@@ -63,18 +82,19 @@ def load_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
         raise UserError(f"cannot read image {path}: {exc}") from None
 
 
-def predict_images(path: str, images: Sequence[str], *, topk: int = 5, device: str = "auto") -> list[dict[str, Any]]:
-    """Top-k class names and probabilities for each image file."""
+def predict_images(path: str, images: Sequence[str], *, topk: int = 5, device: str = "auto", amp: str = "none",
+                   channels_last: bool = False) -> list[dict[str, Any]]:
+    """Top-k class names and probabilities for each image file (``amp``/``channels_last`` as in evaluate)."""
     ckpt = load_checkpoint(path)
     dev = resolve_device(device)
-    model = model_from_checkpoint(ckpt).to(dev).eval()
+    model = _inference_model(ckpt, dev, amp, channels_last)
     c, size = ckpt["input_size"][0], ckpt["input_size"][-1]
     batch = torch.stack([load_image(p, size, c) for p in images])
     norm = ckpt["normalization"]
     loader = MemoryLoader(batch, torch.zeros(len(images), dtype=torch.long), len(images), train=False,
-                          mean=norm["mean"], std=norm["std"], device=dev)
+                          mean=norm["mean"], std=norm["std"], device=dev, channels_last=channels_last)
     x, _ = loader.batch(0, 0)
-    with torch.no_grad():
+    with torch.no_grad(), autocast(dev, amp):
         probs = model(x).float().softmax(1).cpu()
     return topk_records(probs, ckpt["classes"], images, topk)
 

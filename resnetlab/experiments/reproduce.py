@@ -47,14 +47,14 @@ from .runs import (Budget, RunRecord, RunSpec, average_histories, base_config, c
 # --------------------------------------------------------------------------------------------- budgets
 
 PAPER_ITERS = 64_000  # He et al. 2015 Sec. 4.2: stop at 64k iterations (lr /10 at 32k and 48k)
-# The short budget, 1% of the paper's run, picked from a measurement on the shared 2-core CPU this
-# project is developed on (other jobs running, load 4-6): with one thread, torch.compile and bf16
-# autocast, ResNet-20 trained at ~450-590 img/s and plain-56 at ~170-240 img/s, evaluating 5,000
-# images cost ~4 s (ResNet-20) to ~10 s (56 layers), and compiling a new architecture ~1-1.5 min.
-# The eight networks of `degradation` are 16 ResNet-20 equivalents: ~3.6 s per iteration of all of
-# them, so 640 iterations + 10 evaluations + 8 compilations come to about an hour.
-SHORT_ITERS = 640
-SHORT_EVALS = 10
+# The short budget, ~3% of the paper's run, sized on this project's idle 2-core CPU (2 threads,
+# torch.compile + bf16 autocast + channels_last): a training iteration of batch 128 costs ~0.09 s
+# (ResNet-20) to ~0.23 s (56 layers), so one iteration of all eight `degradation` networks is ~1.3 s;
+# 2,000 iterations + 16 evaluations of 5,000 images + 8 compilations come to about 50 minutes.
+# (The first short budget, 640 iterations, was sized on a loaded machine and was too short for the
+# deeper ResNets to get past their first few hundred iterations at lr 0.1; see docs/results.)
+SHORT_ITERS = 2000
+SHORT_EVALS = 16
 
 BUDGETS: dict[str, Budget] = {
     "full": Budget("full", PAPER_ITERS, "the paper's schedule: 64k iterations, lr 0.1, /10 at 32k and 48k",
@@ -215,7 +215,7 @@ def _milestone_lines(ax: Any, records: Sequence[RunRecord]) -> None:
 def curves_figure(path: Path, panels: Sequence[tuple[str, list[tuple[str, list[dict[str, Any]]]], list[str]]],
                   records: Sequence[RunRecord], caption: str, title: str) -> Path:
     """Paper-style error curves (thin dashed train, bold val), one panel per group, shared y-axis."""
-    fig, axes = new_figure(1, len(panels), panel_size=(5.6, 4.4), sharey=True)
+    fig, axes = new_figure(1, len(panels), panel_size=(5.6, 4.8), sharey=True)
     top = _ylim_top([h for _, runs, _ in panels for _, h in runs])
     val_name = (records[0].config.get("resolved", {}).get("val_name") or "val") if records else "val"
     for ax, (panel_title, runs, colors) in zip(axes[0], panels):
@@ -224,6 +224,8 @@ def curves_figure(path: Path, panels: Sequence[tuple[str, list[tuple[str, list[d
         ax.set_title(panel_title, fontsize=10)
         ax.set_ylim(0, top)
         ax.tick_params(labelleft=True)
+        # Below the axes: inside, the legend would hide the ends of the deep nets' curves.
+        ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     return save_figure(fig, path, caption, title)
 
 
@@ -263,7 +265,12 @@ def degradation(ctx: Context) -> Outcome:
         "resnet_val_err_falls_with_depth": all(a > b for a, b in zip(res_val, res_val[1:])),
         "resnet56_train_err_below_resnet20": res_train[-1] < res_train[0],
         "resnet56_val_err_below_plain56": res_val[-1] < final("plain56", "final_val_err"),
+        # Fig. 6 left against middle: at the same depth and parameter count, the residual net trains better,
+        # and by more the deeper the nets (the plain nets degrade, the residual ones far less).
+        "resnet_train_err_below_plain_at_every_depth": all(r < p for r, p in zip(res_train, plain_train)),
+        "residual_gain_grows_with_depth": (plain_train[-1] - res_train[-1]) > (plain_train[0] - res_train[0]),
     }
+    gains = ", ".join(f"{d}: {fmt_pct(p - r)}" for d, p, r in zip(DEGRADATION_DEPTHS, plain_train, res_train))
     rows = []
     for arch in ("plain", "resnet"):
         for d in DEGRADATION_DEPTHS:
@@ -284,7 +291,11 @@ def degradation(ctx: Context) -> Outcome:
         f"{verdict(checks['resnet_val_err_falls_with_depth'])}; in training error (ResNet-56 "
         f"{fmt_pct(res_train[-1])}% vs ResNet-20 {fmt_pct(res_train[0])}%): "
         f"{verdict(checks['resnet56_train_err_below_resnet20'])}.\n"
-        f"- ResNet-56 beats plain-56 on validation error: {verdict(checks['resnet56_val_err_below_plain56'])}.")
+        f"- ResNet-56 beats plain-56 on validation error: {verdict(checks['resnet56_val_err_below_plain56'])}.\n"
+        f"- At every depth the ResNet has lower training error than the plain net with the same parameters: "
+        f"{verdict(checks['resnet_train_err_below_plain_at_every_depth'])}; the gain (plain minus ResNet, points of "
+        f"training error) is larger at 56 layers than at 20: {verdict(checks['residual_gain_grows_with_depth'])} "
+        f"({gains}).")
     if not checks["resnet56_val_err_below_resnet20"] and ctx.budget.name != "full":
         # The first evaluation's training loss (averaged over the first interval) shows how the run *started*.
         first = {d: summary[f"resnet{d}"]["history"][0].get("train_loss") for d in DEGRADATION_DEPTHS}
@@ -535,10 +546,11 @@ def layer_responses(ctx: Context) -> Outcome:
                     "their initial 1" + (f" (median response within 0.8-1.25 for {', '.join(near_one)})"
                                          if near_one else "") + ".")
         if spiky:
-            reading += (" The outliers sit in the first layers of the networks whose start at lr 0.1 was "
-                        "unstable: " + "; ".join(f"{k}: {v:.2f} at layer {i}" for k, (v, i) in spiky.items())
-                        + " (early steps inflated their weights and BN scales). The paper's figure is of "
-                        "networks trained for 64k iterations.")
+            reading += (" Layers above twice their network's median: " + "; ".join(
+                f"{k}: {v:.2f} at layer {i}" for k, (v, i) in spiky.items()) + ". These are the networks whose "
+                "start at lr 0.1 was unstable; their first steps inflated some weights and BN scales, and a "
+                "short run has not shrunk them back. The paper's figure is of networks trained for 64k "
+                "iterations.")
     from_note = (f"Plain-20/56 and ResNet-20/56 are the runs of `{ctx.from_dir}` where finished ones were found "
                  "there (column \"run\"); the rest were trained here on the same budget."
                  if ctx.from_dir else "Every network was trained here.")
@@ -704,10 +716,15 @@ def reproduce_command(name: str, out: str | Path, budget: str, seeds: int, *, da
     return shlex.join(parts)
 
 
-def previous_invocations(out: Path, name: str) -> list[dict[str, Any]]:
-    """The invocations recorded in ``out/results.json`` by earlier calls of the same experiment (else none)."""
+def previous_invocations(out: Path, name: str, identity: dict[str, Any]) -> list[dict[str, Any]]:
+    """The invocations recorded in ``out/results.json`` by earlier calls of the same experiment (else none).
+
+    Only calls with the same ``identity`` (budget, length, seeds, data) count: a report rewritten with
+    another budget starts its own list instead of adding the old budget's hours to the new one's.
+    """
     try:
-        if json.loads((out / "config.json").read_text()).get("experiment") != name:
+        old_config = json.loads((out / "config.json").read_text())
+        if old_config.get("experiment") != name or any(old_config.get(k) != v for k, v in identity.items()):
             return []
         old = json.loads((out / "results.json").read_text())
     except (OSError, ValueError):
@@ -771,7 +788,8 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
     trained = [r.spec.name for r in outcome.records if r.trained_now]
     run_walls = {r.spec.name: round(r.wall_time, 1) for r in outcome.records}
     # Every invocation that wrote this report (a resumed experiment has several), oldest first.
-    invocations = previous_invocations(out, name) + [{"wall_seconds": round(wall, 1), "trained": trained}]
+    identity = {"budget": b.name, "iters": cfg.iters, "seeds": seeds, "data": data, "val_split": cfg.val_split}
+    invocations = previous_invocations(out, name, identity) + [{"wall_seconds": round(wall, 1), "trained": trained}]
     reused = outcome.config.get("reused_runs") or {}
     own = {k: v for k, v in run_walls.items() if k not in reused}
     outcome.results.update({
