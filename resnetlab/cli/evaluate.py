@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..engine.config import AMP_CHOICES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="top-1/top-5, loss, per-class accuracy and confusion matrix of a checkpoint")
@@ -32,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_speed_flags(p: argparse.ArgumentParser) -> None:
     """--amp and --channels-last: the fast inference path, off by default so the numbers are fp32's."""
-    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
+    p.add_argument("--amp", default="none", choices=AMP_CHOICES,
                    help="autocast dtype for the forward pass (default none: fp32, the reference numbers)")
     p.add_argument("--channels-last", action="store_true", help="run the model in NHWC memory format")
 

@@ -7,7 +7,7 @@ import json
 import signal
 import sys
 
-from ..engine.config import RECIPES, recipe_config
+from ..engine.config import AMP_CHOICES, RECIPES, recipe_config
 from ..errors import UserError
 
 
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subset", type=int, help="train on N images (stratified) for a quick run")
     p.add_argument("--image-size", type=int, help="crop size for large-image folders (default 224)")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="default auto")
-    p.add_argument("--amp", choices=["bf16", "fp16", "none"], help="autocast dtype (default: fastest measured)")
+    p.add_argument("--amp", choices=AMP_CHOICES, help="autocast dtype (default: fastest measured)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--eval-every", type=int, help="iterations between evaluations")

@@ -14,6 +14,16 @@ from typing import Any
 from ..errors import UserError
 
 
+AMP_CHOICES = ("none", "bf16", "fp16")  # autocast dtypes of --amp, for training and inference alike
+
+
+def check_amp(amp: str) -> str:
+    """``amp`` if it names an autocast dtype (``AMP_CHOICES``), else a one-line user error."""
+    if amp not in AMP_CHOICES:
+        raise UserError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
+    return amp
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on. ``None`` means "derive it" (from recipe, model or data)."""

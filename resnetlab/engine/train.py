@@ -33,7 +33,7 @@ from ..models import create_model
 from ..models.profile import count_layers
 from . import distributed
 from .checkpoint import atomic_save, load_checkpoint, load_weights, make_checkpoint, unwrap
-from .config import TrainConfig
+from .config import TrainConfig, check_amp
 from .evaluate import autocast, evaluate
 from .schedule import Schedule, lr_at
 
@@ -76,9 +76,7 @@ def fast_defaults(cfg: TrainConfig, device: torch.device) -> tuple[bool, str]:
     """
     channels_last = True if cfg.channels_last is None else cfg.channels_last
     if cfg.amp is not None:
-        if cfg.amp not in ("bf16", "fp16", "none"):
-            raise UserError(f"--amp must be bf16, fp16 or none, got {cfg.amp!r}")
-        return channels_last, cfg.amp
+        return channels_last, check_amp(cfg.amp)
     if device.type == "cuda":
         return channels_last, "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     try:  # Linux x86 reports the instruction sets; elsewhere (macOS, ARM) assume no native bf16
