@@ -7,8 +7,11 @@ from typing import Any, Sequence
 
 
 def plot_error_curves(ax: Any, runs: Sequence[tuple[str, list[dict[str, Any]]]], colors: Sequence[str] | None = None,
-                      val_name: str = "val") -> None:
-    """Draw training (thin, dashed) and validation (bold) top-1 error in % against iterations, one colour per run."""
+                      val_name: str = "val", legend: dict[str, Any] | None = None) -> None:
+    """Draw training (thin, dashed) and validation (bold) top-1 error in % against iterations, one colour per run.
+
+    ``legend``: keyword arguments for ``ax.legend`` (placement, columns), over the default font size 8.
+    """
     for i, (label, history) in enumerate(runs):
         color = colors[i] if colors else f"C{i}"
         it = [m["iteration"] for m in history]
@@ -19,7 +22,7 @@ def plot_error_curves(ax: Any, runs: Sequence[tuple[str, list[dict[str, Any]]]],
     ax.set_xlabel("iteration")
     ax.set_ylabel("top-1 error (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(**{"fontsize": 8, **(legend or {})})
 
 
 def plot_run(history: list[dict[str, Any]], path: Path, title: str) -> None:

@@ -219,13 +219,13 @@ def curves_figure(path: Path, panels: Sequence[tuple[str, list[tuple[str, list[d
     top = _ylim_top([h for _, runs, _ in panels for _, h in runs])
     val_name = (records[0].config.get("resolved", {}).get("val_name") or "val") if records else "val"
     for ax, (panel_title, runs, colors) in zip(axes[0], panels):
-        plot_error_curves(ax, runs, colors, val_name=val_name)
+        # Legend below the axes: inside, it would hide the ends of the deep nets' curves.
+        plot_error_curves(ax, runs, colors, val_name=val_name, legend=dict(
+            fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False))
         _milestone_lines(ax, records)
         ax.set_title(panel_title, fontsize=10)
         ax.set_ylim(0, top)
         ax.tick_params(labelleft=True)
-        # Below the axes: inside, the legend would hide the ends of the deep nets' curves.
-        ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     return save_figure(fig, path, caption, title)
 
 
