@@ -716,6 +716,10 @@ def reproduce_command(name: str, out: str | Path, budget: str, seeds: int, *, da
     return shlex.join(parts)
 
 
+# config.json keys that make two calls of an experiment the same one (their invocations add up).
+REPORT_IDENTITY = ("budget", "iters", "seeds", "data", "val_split")
+
+
 def previous_invocations(out: Path, name: str, identity: dict[str, Any]) -> list[dict[str, Any]]:
     """The invocations recorded in ``out/results.json`` by earlier calls of the same experiment (else none).
 
@@ -787,18 +791,6 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
     copied = [] if inside else copy_metrics(outcome.records, out / RUN_LOGS)
     trained = [r.spec.name for r in outcome.records if r.trained_now]
     run_walls = {r.spec.name: round(r.wall_time, 1) for r in outcome.records}
-    # Every invocation that wrote this report (a resumed experiment has several), oldest first.
-    identity = {"budget": b.name, "iters": cfg.iters, "seeds": seeds, "data": data, "val_split": cfg.val_split}
-    invocations = previous_invocations(out, name, identity) + [{"wall_seconds": round(wall, 1), "trained": trained}]
-    reused = outcome.config.get("reused_runs") or {}
-    own = {k: v for k, v in run_walls.items() if k not in reused}
-    outcome.results.update({
-        "invocation_wall_seconds": round(wall, 1),
-        "runs_wall_seconds": run_walls,
-        "runs_wall_seconds_total": round(sum(own.values()), 1),  # runs reused from --from are not counted
-        "trained_in_this_invocation": trained,
-        "invocations": invocations,
-    })
     config = {
         "experiment": name, "budget": b.name, "budget_description": b.description, "seeds": seeds,
         "data": data, "val_split": cfg.val_split, "subset": cfg.subset, "iters": cfg.iters, "device": device,
@@ -809,6 +801,18 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
         "torch": torch.__version__, "resnetlab": __version__, "threads": threads_used,
         **outcome.config,
     }
+    # Every invocation that wrote this report (a resumed experiment has several), oldest first.
+    identity = {k: config[k] for k in REPORT_IDENTITY}
+    invocations = previous_invocations(out, name, identity) + [{"wall_seconds": round(wall, 1), "trained": trained}]
+    reused = outcome.config.get("reused_runs") or {}
+    own = {k: v for k, v in run_walls.items() if k not in reused}
+    outcome.results.update({
+        "invocation_wall_seconds": round(wall, 1),
+        "runs_wall_seconds": run_walls,
+        "runs_wall_seconds_total": round(sum(own.values()), 1),  # runs reused from --from are not counted
+        "trained_in_this_invocation": trained,
+        "invocations": invocations,
+    })
     total = sum(own.values())
     reuse_note = (f" ({len(reused)} more reused from `{from_dir}`, their "
                   f"{sum(run_walls[k] for k in reused):,.0f} s of training counted there)" if reused else "")
