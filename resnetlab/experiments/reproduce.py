@@ -42,7 +42,7 @@ from .layer_responses import measure_responses
 from .plots import caption_line, new_figure, require_matplotlib, save_figure
 from .report import markdown_table, write_report
 from .runs import (Budget, RunRecord, RunSpec, average_histories, base_config, copy_metrics, ensure_run, fmt_pct,
-                   mean_std, read_run, run_all)
+                   fmt_stat, mean_std, read_run, run_all)
 
 # --------------------------------------------------------------------------------------------- budgets
 
@@ -276,9 +276,8 @@ def degradation(ctx: Context) -> Outcome:
         for d in DEGRADATION_DEPTHS:
             e = summary[f"{arch}{d}"]
             rows.append([f"{'plain' if arch == 'plain' else 'ResNet'}-{d}", f"{e['params']:,}",
-                         fmt_pct(e["final_train_err"]["mean"], e["final_train_err"]["std"] if ctx.seeds > 1 else None),
-                         fmt_pct(e["final_val_err"]["mean"], e["final_val_err"]["std"] if ctx.seeds > 1 else None),
-                         fmt_pct(e["best_val_err"]["mean"]), f"{sum(e['wall_seconds']):.0f}"])
+                         fmt_stat(e["final_train_err"], ctx.seeds > 1), fmt_stat(e["final_val_err"], ctx.seeds > 1),
+                         fmt_stat(e["best_val_err"], False), f"{sum(e['wall_seconds']):.0f}"])
     table = markdown_table(["network", "params", "final train err (%)", "final val err (%)", "best val err (%)",
                             "wall (s)"], rows)
 
@@ -370,8 +369,7 @@ def table6(ctx: Context) -> Outcome:
     for d in depths:
         e = summary[f"resnet{d}"]
         rows.append([f"ResNet-{d}", f"{e['params'] / 1e6:.2f}M", PAPER_TABLE6_PARAMS[d],
-                     fmt_pct(e["final_val_err"]["mean"], e["final_val_err"]["std"]),
-                     fmt_pct(e["best_val_err"]["mean"], e["best_val_err"]["std"]),
+                     fmt_stat(e["final_val_err"]), fmt_stat(e["best_val_err"]),
                      f"{PAPER_TABLE6_ERR[d]:.2f}" + (" (best; mean 6.61 ± 0.16)" if d == 110 else ""),
                      len(e["seeds"])])
     table = markdown_table(["network", "params", "paper params", "final val err (%) mean ± std",
@@ -606,9 +604,8 @@ def shortcuts(ctx: Context) -> Outcome:
     for d in depths:
         for o in options:
             e = summary[f"resnet{d}-{o}"]
-            rows.append([f"ResNet-{d}", o, f"{e['params']:,}", fmt_pct(e["final_val_err"]["mean"],
-                                                                      e["final_val_err"]["std"]),
-                         fmt_pct(e["final_train_err"]["mean"], e["final_train_err"]["std"]),
+            rows.append([f"ResNet-{d}", o, f"{e['params']:,}", fmt_stat(e["final_val_err"]),
+                         fmt_stat(e["final_train_err"]),
                          f"{PAPER_TABLE3_TOP1[o]:.2f}"])
     table = markdown_table(["network", "shortcut", "params", "final val err (%)", "final train err (%)",
                             "paper: ResNet-34 ImageNet top-1 (%)"], rows)
@@ -659,8 +656,7 @@ def preact(ctx: Context) -> Outcome:
                               ctx.seeds_text(True))
     rows = [[label.replace("preact_", "").replace("resnet", "ResNet-"), labels[label],
              f"{summary[label]['params']:,}",
-             fmt_pct(summary[label]["final_val_err"]["mean"], summary[label]["final_val_err"]["std"]),
-             fmt_pct(summary[label]["final_train_err"]["mean"], summary[label]["final_train_err"]["std"]),
+             fmt_stat(summary[label]["final_val_err"]), fmt_stat(summary[label]["final_train_err"]),
              f"{PAPER_2016_TABLE3[label]:.2f}"] for label, *_ in PREACT_MODELS]
     table = markdown_table(["network", "unit", "params", "final val err (%)", "final train err (%)",
                             "paper test err (%)"], rows)

@@ -173,6 +173,11 @@ def fmt_pct(mean: float, std: float | None = None, digits: int = 2) -> str:
     return f"{100 * mean:.{digits}f} ± {100 * std:.{digits}f}"
 
 
+def fmt_stat(stat: dict[str, Any], with_std: bool = True) -> str:
+    """One ``run_summary`` statistic (``{"mean", "std", ...}``) as :func:`fmt_pct` text, ± std if asked."""
+    return fmt_pct(stat["mean"], stat["std"] if with_std else None)
+
+
 def average_histories(histories: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Average the numeric fields of several histories at the iterations all of them share (seeds of one config)."""
     if len(histories) == 1:
