@@ -121,8 +121,8 @@ class MemoryLoader:
         """Batch ``index`` of ``epoch`` (normalised float images on the device, labels), the same on every call."""
         if not self.train:
             idx = self._shard(torch.arange(index * self.batch_size, min(self.n, (index + 1) * self.batch_size)))
-            x = self.images[idx.to(self.device)]
-            return self.normalize(x), self.labels[idx.to(self.device)]
+            idx = idx.to(self.device)
+            return self.normalize(self.images[idx]), self.labels[idx]
         idx = self._permutation(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
         # Draw augmentation for the whole global batch, then shard: 2 ranks see what 1 process sees.
         g = batch_generator(self.seed, epoch, index + 1)
