@@ -42,6 +42,25 @@ def test_option_b_count_and_option_a_adds_nothing() -> None:
     assert count_params(meta_model("resnet20", shortcut="C")) > count_params(meta_model("resnet20", shortcut="B"))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size", [8, 9])
+def test_option_a_subsamples_exactly_and_keeps_the_gradient_layout(channels_last: bool, size: int) -> None:
+    """Option A keeps every second pixel and pads zeros; on channels_last activations the
+    input gradient must stay channels_last, or the stage boundary's add and ReLU backward
+    mix layouts and run PyTorch's slow path."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 4, size, size).contiguous(memory_format=fmt).requires_grad_()
+    y = PadShortcut(4, 8, stride=2)(x)
+    expected = torch.cat([x.detach()[:, :, ::2, ::2], torch.zeros(2, 4, (size + 1) // 2, (size + 1) // 2)], dim=1)
+    assert torch.equal(y, expected)
+    grad = torch.randn_like(y)  # keeps y's layout
+    (gx,) = torch.autograd.grad(y, x, grad)
+    assert gx.is_contiguous(memory_format=fmt)
+    expected_gx = torch.zeros(2, 4, size, size)
+    expected_gx[:, :, ::2, ::2] = grad[:, :4]
+    assert torch.equal(gx, expected_gx)
+
+
 @pytest.mark.parametrize("name,expected", [("preact_resnet110", 1.7e6), ("preact_resnet164", 1.7e6),
                                            ("preact_resnet1001", 10.2e6)])
 def test_preact_counts_match_the_2016_paper(name: str, expected: float) -> None:

@@ -19,10 +19,19 @@ import torch
 import torch.fx
 from torch import nn
 
+from ..models.blocks import PadShortcut
+
+
+class _Tracer(torch.fx.Tracer):
+    """fx's tracer, with option A shortcuts kept whole: they branch on the input's memory format."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, PadShortcut) or super().is_leaf_module(m, module_qualified_name)
+
 
 def foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """Qualified names ``(conv, bn)`` of every Conv2d whose only consumer is a BatchNorm2d, in graph order."""
-    graph = torch.fx.symbolic_trace(model).graph
+    graph = _Tracer().trace(model)
     modules = dict(model.named_modules())
     # A module called from two places (weight sharing) cannot be rewritten for one of them.
     calls: dict[str, int] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -46,11 +47,27 @@ class PadShortcut(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.stride > 1:
-            x = x[:, :, :: self.stride, :: self.stride]
+            x = self.subsample(x, self.stride)
         if self.pad:
             # Pad the channel dimension at the end (F.pad pads the last dims first).
             x = F.pad(x, (0, 0, 0, 0, 0, self.pad))
         return x
+
+    @staticmethod
+    def subsample(x: Tensor, stride: int) -> Tensor:
+        """Keep every ``stride``-th pixel in both spatial dimensions, in ``x``'s memory format.
+
+        A strided slice and a 1x1 average pool with the same stride give identical
+        values. They differ in the layout of the gradient: slicing's backward
+        writes it into a fresh NCHW tensor, so on ``channels_last`` activations
+        the stage boundary's add and ReLU backward mix layouts and fall off
+        PyTorch's vectorised path (5.6 ms of an 87 ms ResNet-20 bf16 step on the
+        2-core CPU). The pool keeps ``channels_last`` both ways, but its NCHW
+        kernels are 2-5x slower than the slice, so NCHW keeps the slice.
+        """
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            return F.avg_pool2d(x, kernel_size=1, stride=stride)
+        return x[:, :, ::stride, ::stride]
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, pad_channels={self.pad}"
