@@ -105,6 +105,25 @@ def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
         assert payload["modes"]["channels-last"][key] > 0
 
 
+def test_cli_profile_lists_each_modes_busiest_operators(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "train", "--model", "resnet20", "--batch-size", "4", "--modes", "channels-last,default",
+            "--profile", "2", *QUICK_ARGS]
+    assert main([*argv, "--json"]) == 0
+    modes = json.loads(capsys.readouterr().out)["modes"]
+    for name in ("eager-fp32", "channels-last"):
+        rows = modes[name]["profile"]
+        assert 0 < len(rows) <= bench_runner.PROFILE_TOP
+        assert "aten::convolution_backward" in {r["op"] for r in rows}
+        assert all(r["ms_per_step"] > 0 and r["calls_per_step"] > 0 for r in rows)
+        assert 0 < sum(r["pct"] for r in rows) <= 100.01
+        assert [r["pct"] for r in rows] == sorted((r["pct"] for r in rows), reverse=True)
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "profile of eager-fp32 (torch.profiler" in out and "profile of channels-last (" in out
+    assert main(["bench", "train", "--profile", "-1", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
 def test_cli_reports_disagreement(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     # With a zero tolerance bf16 cannot match fp32: the table says so and the exit status is 1.
     monkeypatch.setitem(bench_runner.TOLERANCE, "bf16", (0.0, 0.0))

@@ -249,6 +249,7 @@ class ModeResult:
     agrees: bool | None = None
     setup_s: float = 0.0
     skipped: str | None = None
+    profile: list[dict[str, Any]] = field(default_factory=list)  # --profile: the busiest operators, per step
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able record."""
@@ -265,6 +266,8 @@ class ModeResult:
             out["data_pct"] = r(self.data_pct, 2)
         if self.skipped:
             out["skipped"] = self.skipped
+        if self.profile:
+            out["profile"] = self.profile
         return out
 
 
@@ -348,6 +351,7 @@ def run_bench(
     warmup: int = 3,
     peak_size: int = 2048,
     seed: int = 0,
+    profile_steps: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Measure ``modes`` (the first must be ``eager-fp32``) of ``model_name`` on ``device`` for ``task``.
@@ -356,7 +360,8 @@ def run_bench(
     the same input, warmed up ``warmup`` iterations (compilation happens there), then
     timed ``repeats`` times, interleaved with the other modes, for about ``min_time``
     seconds per repeat. A mode that cannot run here (no onnxruntime, a compiler
-    error) is reported as skipped.
+    error) is reported as skipped. ``profile_steps`` > 0 then runs that many more
+    iterations of each mode under ``torch.profiler`` (untimed) to say where its time goes.
     """
     log = log or (lambda _msg: None)
     if not modes or modes[0].name != REFERENCE:
@@ -460,6 +465,11 @@ def run_bench(
                 total_time[flags] += elapsed
                 first_result[flags].repeats_img_s.append(iters[flags] * runner.images_per_step / elapsed)
             log(f"repeat {rep + 1}/{repeats} done")
+        if profile_steps > 0:
+            for flags, runner in runners.items():
+                first_result[flags].profile = profile_ops(runner, counter[flags], profile_steps, device)
+                counter[flags] += profile_steps
+            log(f"profiled {profile_steps} steps per mode")
 
     # The peak once more after the modes, keeping the better: load may have eased since.
     peak = {k: max(v, peak[k]) for k, v in _peaks(device, precisions, peak_size).items()}
@@ -474,7 +484,7 @@ def run_bench(
     for res in results:
         src = first_result[res.mode.flags]
         if src is not res:
-            for name in ("img_s", "repeats_img_s", "data_pct", "error", "grad_cosine", "agrees", "skipped"):
+            for name in ("img_s", "repeats_img_s", "data_pct", "error", "grad_cosine", "agrees", "skipped", "profile"):
                 setattr(res, name, getattr(src, name))
         if res.img_s is not None:
             # Paired: each repeat against the reference's repeat of the same round (seconds
@@ -483,6 +493,34 @@ def run_bench(
             res.gflops = res.img_s * result.flops_per_image / 1e9
             res.peak_pct = 100 * res.gflops / peak[res.mode.precision]
     return result
+
+
+PROFILE_TOP = 10  # operators listed per mode by --profile
+
+
+def profile_ops(runner: _Runner, first_index: int, steps: int, device: torch.device,
+                top: int = PROFILE_TOP) -> list[dict[str, Any]]:
+    """The ``top`` operators by self time over ``steps`` iterations (torch.profiler), per iteration.
+
+    Each row: ``op``, ``ms_per_step``, ``pct`` (of all operators' self time, so the shares of
+    convolutions, BatchNorm and elementwise work add up) and ``calls_per_step``. On CUDA
+    the time is the kernels' device time, not the launch time.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            runner.step(first_index + i)
+        synchronize(device)
+    events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
+    self_us = {e.key: (e.self_device_time_total if cuda else e.self_cpu_time_total) for e in events}
+    total = sum(self_us.values()) or 1.0
+    rows = sorted(events, key=lambda e: self_us[e.key], reverse=True)[:top]
+    return [{"op": e.key, "ms_per_step": round(self_us[e.key] / 1e3 / steps, 3),
+             "pct": round(100 * self_us[e.key] / total, 2), "calls_per_step": round(e.count / steps, 2)}
+            for e in rows]
 
 
 def _device_name(device: torch.device) -> str:
@@ -535,6 +573,13 @@ def format_result(result: BenchResult) -> str:
             line += f"{r.data_pct:>6.1f}%"
         line += f"  {err:<{ERR_WIDTH}}{'yes' if r.agrees else 'NO'}"
         lines.append(line)
+    profiled = {}  # flags -> first mode name, so ``default`` is not profiled twice in the output
+    for r in result.results:
+        if r.profile and r.mode.flags not in profiled:
+            profiled[r.mode.flags] = r.mode.name
+            lines += ["", f"profile of {r.mode.name} (torch.profiler, self time per step; % of all operators):"]
+            lines += [f"  {row['op'][:60]:<60}{row['ms_per_step']:>9.2f} ms{row['pct']:>7.1f}%"
+                      f"{row['calls_per_step']:>8g} calls" for row in r.profile]
     default = next((r for r in result.results if r.mode.name == "default"), None)
     lines.append("")
     if default is not None:

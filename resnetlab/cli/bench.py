@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first (compilation happens here)")
     p.add_argument("--peak-size", type=int, default=2048, help="N of the N x N x N matmul that measures the peak")
     p.add_argument("--threads", type=int, help="torch (and onnxruntime) CPU threads (default: torch's, one per core)")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="after timing, profile STEPS more iterations of each mode and list its busiest operators")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_bench)
 
@@ -56,6 +58,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1, got {batch}")
     if args.min_time <= 0 or args.peak_size < 32 or args.peak_size % 32:
         raise UserError("--min-time must be positive and --peak-size a multiple of 32")
+    if args.profile < 0:
+        raise UserError(f"--profile must not be negative, got {args.profile}")
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads must be at least 1, got {args.threads}")
@@ -68,6 +72,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     log = (lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
     result = run_bench(args.task, args.model, modes, device=device, batch_size=batch, input_size=size,
                        repeats=args.repeats, min_time=args.min_time, warmup=args.warmup,
-                       peak_size=args.peak_size, log=log)
+                       peak_size=args.peak_size, profile_steps=args.profile, log=log)
     print(json.dumps(result.to_dict()) if args.json else format_result(result))
     return 0 if result.agree else 1
