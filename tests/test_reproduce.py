@@ -96,6 +96,7 @@ def test_table6_and_preact_have_paper_columns(smoke: dict[str, Path]) -> None:
     t6 = json.loads((smoke["table6"] / "results.json").read_text())
     assert t6["paper_test_err_pct"]["110"] == 6.43 and "resnet1202" not in t6["runs"]
     assert t6["runs"]["resnet110"]["params"] == 1_727_962
+    assert "the same validation images (split seed 0)" in (smoke["table6"] / "report.md").read_text()
     pre = json.loads((smoke["preact"] / "results.json").read_text())
     assert pre["paper_test_err_pct"]["preact_resnet164"] == 5.46
     # The original 164 has the pre-activation 164's layers (bottlenecks, projection shortcuts).
@@ -112,6 +113,18 @@ def test_rerun_trains_nothing(smoke: dict[str, Path]) -> None:
     assert results["trained_in_this_invocation"] == []
     assert [len(i["trained"]) for i in results["invocations"]] == [6, 0]  # both calls are on record
     assert (out / "runs" / "resnet20-A-s0" / "summary.json").stat().st_mtime_ns == before
+
+
+def test_run_folders_from_before_split_seed_match_by_their_seed() -> None:
+    """A config.json without split_seed drew its split with seed; it is the same run only where that agrees."""
+    from resnetlab.experiments.runs import _same_run
+
+    cfg = base_config(BUDGETS["smoke"], SAMPLE, None, "cpu").replace(seed=2)
+    old = cfg.to_dict()
+    del old["split_seed"]
+    assert _same_run(old, cfg.replace(split_seed=2)) == []
+    assert [d.split(":")[0] for d in _same_run(old, cfg)] == ["split_seed"]
+    assert _same_run(cfg.to_dict(), cfg) == []
 
 
 def test_invocations_of_another_budget_are_not_carried(tmp_path: Path) -> None:

@@ -148,6 +148,36 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, mo
     assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())
 
 
+def test_split_seed_not_seed_picks_the_held_out_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs that differ only in --seed hold out the same images; --split-seed changes them; a run saved
+    before split_seed existed (its config has only ``seed``) resumes with the split its seed drew."""
+    bundles = []
+    real_open = train_mod.open_data
+
+    def spy(*args, **kwargs):
+        bundles.append(real_open(*args, **kwargs))
+        return bundles[-1]
+
+    monkeypatch.setattr(train_mod, "open_data", spy)
+    short = dict(subset=0, val_split=40, iters=1, eval_every=1)
+    train(tiny(tmp_path, "s3", **short))
+    train(tiny(tmp_path, "s4", seed=4, **short))
+    train(tiny(tmp_path, "split1", split_seed=1, **short))
+    same, other = bundles[0].val.images, bundles[2].val.images
+    assert torch.equal(bundles[1].val.images, same) and not torch.equal(other, same)
+
+    # The old behaviour: the split drawn with the run's seed (3), recorded without a split_seed.
+    train(tiny(tmp_path, "old", split_seed=3, **short))
+    last = tmp_path / "old" / "last.pt"
+    raw = torch.load(last, weights_only=False)
+    del raw["config"]["split_seed"]
+    torch.save(raw, last)
+    result = train(tiny(tmp_path, "ignored", **short).replace(resume=str(tmp_path / "old")))
+    assert result.status == "completed"
+    assert torch.equal(bundles[-1].val.images, bundles[-2].val.images)
+    assert not torch.equal(bundles[-1].val.images, same)
+
+
 def test_overfit_one_batch(tmp_path: Path) -> None:
     """A residual net must drive the training error on 32 fixed images to zero."""
     cfg = tiny(tmp_path, subset=32, batch_size=32, iters=40, eval_every=40, lr=0.05, milestones=(),
@@ -159,7 +189,7 @@ def test_overfit_one_batch(tmp_path: Path) -> None:
     model = ckpt_mod.model_from_checkpoint(raw).eval()
     from resnetlab.data import open_data
 
-    data = open_data(SAMPLE, subset=32, seed=3, log=lambda _m: None)
+    data = open_data(SAMPLE, subset=32, seed=cfg.split_seed, log=lambda _m: None)
     x = (data.train.images.float() / 255 - torch.tensor(data.mean).view(1, 3, 1, 1)) / torch.tensor(
         data.std).view(1, 3, 1, 1)
     with torch.no_grad():

@@ -37,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seeds the initial weights, batch order and augmentation (default 0)")
+    p.add_argument("--split-seed", type=int, help="seeds which images --val-split holds out and --subset keeps "
+                                                  "(default 0, whatever --seed is)")
     p.add_argument("--val-split", type=int, help="hold out N training images (stratified) as validation")
     p.add_argument("--subset", type=int, help="train on N images (stratified) for a quick run")
     p.add_argument("--image-size", type=int, help="crop size for large-image folders (default 224)")
@@ -66,7 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     fields = dict(
         model=args.model, model_args=dict(args.model_arg) or None, data=args.data, epochs=args.epochs,
         iters=args.iters, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, seed=args.seed, val_split=args.val_split, subset=args.subset,
+        label_smoothing=args.label_smoothing, seed=args.seed, split_seed=args.split_seed,
+        val_split=args.val_split, subset=args.subset,
         image_size=args.image_size, device=args.device, amp=args.amp, channels_last=args.channels_last,
         compile=args.compile, eval_every=args.eval_every, workers=args.workers, sync_bn=args.sync_bn,
         init=args.init, out=args.out, resume=args.resume,

@@ -34,6 +34,10 @@ class TrainConfig:
     data: str | None = None
     val_split: int = 0
     subset: int = 0
+    # Seeds which images --val-split holds out and --subset keeps, apart from ``seed`` (init, order,
+    # augmentation): runs that differ only in ``seed`` are scored on the same held-out images, as the
+    # paper's Table 6 runs are on one test set.
+    split_seed: int = 0
     image_size: int | None = None
     init: str | None = None  # weights to start from (fine-tuning)
 
@@ -84,6 +88,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (tuples become lists)."""
         return dataclasses.asdict(self)
+
+
+def saved_split_seed(saved: dict[str, Any]) -> int:
+    """The split seed of a saved ``config.json``; configs from before ``split_seed`` split with ``seed``."""
+    return int(saved.get("split_seed", saved.get("seed", 0)))
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from ..models import create_model
 from ..models.profile import count_layers
 from . import distributed
 from .checkpoint import atomic_save, load_checkpoint, load_weights, make_checkpoint, unwrap
-from .config import TrainConfig, check_amp
+from .config import TrainConfig, check_amp, saved_split_seed
 from .evaluate import autocast, evaluate
 from .schedule import Schedule, lr_at
 
@@ -245,6 +245,7 @@ def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: 
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         saved = {k: v for k, v in resume_ckpt["config"].items() if k in known}
         saved["milestones"] = tuple(saved.get("milestones", ()))
+        saved["split_seed"] = saved_split_seed(resume_ckpt["config"])
         # --sync-bn may be added on resume: a run started by 1 process can continue on N with synced statistics.
         cfg = TrainConfig(**saved).replace(
             resume=str(resume_dir), out=str(resume_dir), device=cfg.device, compile=cfg.compile, workers=cfg.workers,
@@ -256,7 +257,7 @@ def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: 
         raise UserError(f"{out_dir} already holds a run; continue it with --resume {out_dir} or pick another --out")
 
     # Data first: the class count and channels decide the classifier and stem.
-    data = open_data(cfg.data, val_split=cfg.val_split, subset=cfg.subset, seed=cfg.seed,
+    data = open_data(cfg.data, val_split=cfg.val_split, subset=cfg.subset, seed=cfg.split_seed,
                      image_size=cfg.image_size, log=log)
     log(f"data: {data.source}")
 

@@ -34,7 +34,7 @@ import torch
 from .. import __version__
 from ..data import MemoryLoader, open_data
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
-from ..engine.config import TrainConfig
+from ..engine.config import TrainConfig, saved_split_seed
 from ..engine.curves import plot_error_curves
 from ..errors import UserError
 from ..models.profile import count_params, meta_model
@@ -122,8 +122,17 @@ class Context:
         sources = [r.config.get("resolved", {}).get("data_source", "?") for r in records]
         if len(set(sources)) == 1:
             return sources[0]
-        # Seeds > 0 hold out (and subset) their own images; say so instead of repeating the line.
-        return sources[0] + " (seed-0 run; other seeds draw their own split)"
+        # Runs from before split_seed existed held out (and subset) their own images per seed.
+        return sources[0] + " (first run; the runs hold out different images)"
+
+    def split_text(self, records: Sequence[RunRecord]) -> str:
+        """Whether every run was scored on the same held-out images, for a report's spread over seeds."""
+        split_seeds = {saved_split_seed(r.config) for r in records}
+        if len(split_seeds) == 1:
+            return (f"Every seed holds out the same validation images (split seed {split_seeds.pop()}), so the "
+                    "spread is that of training alone.")
+        return ("These runs hold out different validation images (split seeds "
+                f"{', '.join(map(str, sorted(split_seeds)))}), so the spread includes that of the split.")
 
 
 @dataclass
@@ -404,8 +413,7 @@ def table6(ctx: Context) -> Outcome:
         ("What is run", (
             f"ResNet-{', '.join(map(str, depths))} (option A shortcuts) with the paper's recipe (He et al. 2015 "
             f"Sec. 4.2; 110 layers and deeper warm up at lr 0.01 for 400 of 64k iterations), {ctx.seeds_text()}. "
-            f"Budget `{ctx.budget.name}`: {ctx.budget.description}. Each seed also draws its own held-out "
-            "validation images (the engine seeds the split), so the spread includes that of the split.")),
+            f"Budget `{ctx.budget.name}`: {ctx.budget.description}. {ctx.split_text(records)}")),
         ("Table 6", table),
         ("What this budget does and does not show", budget_note(ctx, "table6")),
     ]
@@ -459,9 +467,9 @@ def layer_responses(ctx: Context) -> Outcome:
     start = time.perf_counter()
     for rec in records:
         cfg = rec.config
-        key = (cfg["data"], cfg["val_split"], cfg["seed"])
+        key = (cfg["data"], cfg["val_split"], saved_split_seed(cfg))
         if key not in data_cache:
-            data_cache[key] = open_data(cfg["data"], val_split=cfg["val_split"], seed=cfg["seed"], log=ctx.log)
+            data_cache[key] = open_data(cfg["data"], val_split=cfg["val_split"], seed=key[2], log=ctx.log)
         data = data_cache[key]
         split = data.val if data.val is not None and len(data.val) else data.train
         images, labels = split.images, split.labels

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..engine.config import RECIPES, TrainConfig, recipe_config
+from ..engine.config import RECIPES, TrainConfig, recipe_config, saved_split_seed
 from ..engine.train import train
 from ..errors import UserError
 
 # Fields that define what a run computes; a folder whose config differs in any of them is another run.
-IDENTITY_FIELDS = ("model", "model_args", "data", "val_split", "subset", "recipe", "batch_size", "lr", "iters",
-                   "milestones", "warmup_iters", "seed", "weight_decay")
+IDENTITY_FIELDS = ("model", "model_args", "data", "val_split", "subset", "split_seed", "recipe", "batch_size", "lr",
+                   "iters", "milestones", "warmup_iters", "seed", "weight_decay")
 
 
 class ExperimentInterrupted(UserError):
@@ -82,6 +82,7 @@ def run_state(run_dir: Path) -> str:
 def _same_run(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     """The identity fields in which a run folder's config.json differs from ``cfg`` (empty: same run)."""
     want = cfg.to_dict()
+    saved = {**saved, "split_seed": saved_split_seed(saved)}
     diffs = []
     for key in IDENTITY_FIELDS:
         a, b = saved.get(key), want.get(key)
