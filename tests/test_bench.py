@@ -34,7 +34,8 @@ def test_modes_resolve_reference_first_and_default_is_train_defaults() -> None:
     train = resolve_modes("train", None, CPU)
     assert train[0].name == REFERENCE
     assert not any(m.fused or m.runtime != "torch" for m in train)  # inference-only modes stay out
-    assert [m.name for m in train] == modes_for("train")
+    assert [m.name for m in train] == modes_for("train", "cpu")
+    assert "channels-last+bf16+cudagraphs" in modes_for("train") and not any(m.cudagraphs for m in train)
     assert "onnxruntime" in modes_for("infer") and "fused" in modes_for("infer")
 
     default = default_mode(CPU)
@@ -52,6 +53,8 @@ def test_bad_modes_are_user_errors() -> None:
         resolve_modes("train", ["channel-last"], CPU)
     with pytest.raises(UserError, match="inference-only"):
         resolve_modes("train", ["fused"], CPU)
+    with pytest.raises(UserError, match="needs a CUDA device; this one is cpu"):
+        resolve_modes("train", ["channels-last+bf16+cudagraphs"], CPU)
 
 
 def test_matmul_peak_is_positive() -> None:
@@ -92,6 +95,38 @@ def test_train_modes_agree_and_time_the_data_path() -> None:
     assert result.flops_per_image == 6 * result.macs
 
 
+def test_limits_widen_only_for_an_ill_conditioned_reference() -> None:
+    assert bench_runner.calibrated_limits("bf16", None) == TOLERANCE["bf16"]
+    assert bench_runner.calibrated_limits("bf16", {"error": 1e-3, "grad_cosine": 0.9996}) == TOLERANCE["bf16"]
+    tol, min_cos = bench_runner.calibrated_limits("bf16", {"error": 0.09, "grad_cosine": 0.58})
+    assert tol == pytest.approx(0.9) and min_cos == 0.0  # never below 0: a sign error always fails
+    x = torch.randn(64)
+    assert 0 < (bench_runner.rounded_like(x, "bf16") - x).abs().max() < 1e-2 * x.abs().max()
+    assert torch.equal(bench_runner.rounded_like(x, "fp32").sub(x).ne(0), bench_runner.rounded_like(x, "fp32") != x)
+    assert 0 < int((bench_runner.rounded_like(x, "fp32") != x).sum()) < 64
+
+
+@pytest.mark.parametrize("model", ["resnet20", "resnet50"])
+def test_a_wrong_gradient_sign_fails_even_where_limits_widen(model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ResNet-50 at init is ill-conditioned (its limits widen, and bf16 agrees); ResNet-20 keeps the stated
+    limits. A bf16 mode whose gradient has the wrong sign fails on both."""
+    modes = resolve_modes("train", ["bf16"], CPU)
+    quick = {**QUICK, "input_size": (3, 32, 32)}
+    result = run_bench("train", model, modes, batch_size=4, **quick)
+    bf16 = result.results[1]
+    assert bf16.agrees
+    assert (bf16.tolerance, bf16.grad_min_cosine) == (TOLERANCE["bf16"] if model == "resnet20" else
+                                                      bench_runner.calibrated_limits("bf16", result.sensitivity["bf16"]))
+    real_check = bench_runner._TrainRunner.check
+
+    def flipped(self, x=None):
+        out, grad = real_check(self, x)
+        return out, (-grad if self.mode.amp == "bf16" else grad)
+
+    monkeypatch.setattr(bench_runner._TrainRunner, "check", flipped)
+    assert not run_bench("train", model, modes, batch_size=4, **quick).results[1].agrees
+
+
 def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
     status = main(["bench", "infer", "--model", "resnet20", "--batch-size", "2", "--modes", "channels-last",
                    "--json", *QUICK_ARGS])
@@ -127,6 +162,7 @@ def test_cli_profile_lists_each_modes_busiest_operators(capsys: pytest.CaptureFi
 def test_cli_reports_disagreement(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     # With a zero tolerance bf16 cannot match fp32: the table says so and the exit status is 1.
     monkeypatch.setitem(bench_runner.TOLERANCE, "bf16", (0.0, 0.0))
+    monkeypatch.setattr(bench_runner, "SENSITIVITY_FACTOR", 0.0)
     status = main(["bench", "infer", "--model", "resnet20", "--batch-size", "2", "--modes", "bf16", *QUICK_ARGS])
     out = capsys.readouterr().out
     assert status == 1

@@ -53,6 +53,15 @@ from .modes import REFERENCE, Mode
 # 0.5%, cosine 0.99999). A wrong backward pass (a missing term, a sign) lands far below
 # these limits.
 TOLERANCE = {"none": (1e-3, 0.999), "bf16": (5e-2, 0.9), "fp16": (1e-2, 0.99)}
+# Some check points are ill-conditioned: at torchvision's init in train mode, rounding
+# ResNet-50's *input* to bf16 already moves the fp32 reference's logits by 9% and its gradient
+# to cosine 0.58 (fp32 itself is at cosine 0.9998 from float64). No bf16 computation can
+# match such a reference to the stated limits. So the reference is also run on its input
+# rounded to each mode's precision, and a mode's limits are widened to this many times that
+# self-disagreement: well-conditioned nets (ResNet-20/56: 1e-3 and cosine 0.9996) keep the
+# stated limits, and the cosine limit never drops below 0 (a sign error is always caught).
+SENSITIVITY_FACTOR = 10.0
+_LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # SGD as the recipes use it; a small rate so minutes of steps on random labels stay finite.
 BENCH_LR = 0.01
 # Memory for the synthetic training set of each loader (uint8, padded).
@@ -107,6 +116,26 @@ def relative_error(out: Tensor, ref: Tensor) -> float:
     return float((out - ref).abs().max()) / max(1.0, float(ref.abs().max()))
 
 
+def rounded_like(x: Tensor, precision: str) -> Tensor:
+    """``x`` carrying one rounding error of ``precision``: a bf16/fp16 round trip, or for fp32 one ulp
+    up on a seeded half of the elements."""
+    if precision in _LOW_PRECISION:
+        return x.to(_LOW_PRECISION[precision]).to(x.dtype)
+    up = (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) < 0.5).to(x.device)
+    return torch.where(up, torch.nextafter(x, torch.full_like(x, math.inf)), x)
+
+
+def calibrated_limits(amp: str, sensitivity: dict[str, float] | None) -> tuple[float, float]:
+    """``TOLERANCE[amp]``, widened to ``SENSITIVITY_FACTOR`` times the reference's disagreement with itself
+    on an input rounded to the mode's precision (``sensitivity``: its ``error`` and ``grad_cosine``)."""
+    tol, min_cos = TOLERANCE[amp]
+    if sensitivity:
+        tol = max(tol, SENSITIVITY_FACTOR * sensitivity["error"])
+        if sensitivity.get("grad_cosine") is not None:
+            min_cos = min(min_cos, max(0.0, 1.0 - SENSITIVITY_FACTOR * (1.0 - sensitivity["grad_cosine"])))
+    return tol, min_cos
+
+
 def gradient_cosine(grad: Tensor, ref: Tensor) -> float:
     """Cosine similarity of two flattened gradients (1.0: the same direction)."""
     grad, ref = grad.double().cpu(), ref.double().cpu()
@@ -121,12 +150,25 @@ class _Runner:
 
     images_per_step: int
 
-    def check(self) -> tuple[Tensor, Tensor | None]:
+    def check(self, x: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Logits (and, training, all parameter gradients) on the check input, or on ``x`` instead."""
         raise NotImplementedError
 
     def step(self, index: int) -> float:
         """Run one iteration; return the seconds of it spent producing the batch (0 when there is none)."""
         raise NotImplementedError
+
+
+def _memory_format(mode: Mode) -> torch.memory_format:
+    return torch.channels_last if mode.channels_last else torch.contiguous_format
+
+
+def _compiled(model: nn.Module, mode: Mode, options: dict[str, Any]) -> Callable[..., Tensor]:
+    """``torch.compile(model)`` with inductor ``options``; CUDA-graph modes add ``triton.cudagraphs``
+    (what ``mode="reduce-overhead"`` sets, which cannot be combined with ``options``)."""
+    if mode.cudagraphs:
+        options = {**options, "triton.cudagraphs": True}
+    return torch.compile(model, options=options) if options else torch.compile(model)
 
 
 class _TrainRunner(_Runner):
@@ -137,16 +179,20 @@ class _TrainRunner(_Runner):
             model = model.to(memory_format=torch.channels_last)
         self.model, self.mode, self.loader, self.device = model, mode, loader, device
         # As the training loop: compile the module, autocast outside it.
-        self.forward = torch.compile(model) if mode.compile else model
+        self.forward = _compiled(model, mode, {}) if mode.compile else model
         self.optimizer = torch.optim.SGD(model.parameters(), lr=BENCH_LR, momentum=0.9, weight_decay=1e-4)
-        memory_format = torch.channels_last if mode.channels_last else torch.contiguous_format
         x, y = check_batch
-        self.check_batch = (x.contiguous(memory_format=memory_format), y)
+        self.check_batch = (x.contiguous(memory_format=_memory_format(mode)), y)
         self.images_per_step = loader.batch_size
         self.steps_per_epoch = len(loader)
 
-    def check(self) -> tuple[Tensor, Tensor | None]:
-        x, y = self.check_batch
+    @property
+    def check_input(self) -> Tensor:
+        return self.check_batch[0]
+
+    def check(self, x: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        x = self.check_batch[0] if x is None else x.contiguous(memory_format=_memory_format(self.mode))
+        y = self.check_batch[1]
         with autocast(self.device, self.mode.amp):
             logits = self.forward(x)
             loss = F.cross_entropy(logits, y)
@@ -157,6 +203,9 @@ class _TrainRunner(_Runner):
 
     def step(self, index: int) -> float:
         epoch, i = divmod(index, self.steps_per_epoch)
+        # On CUDA the previous step's kernels may still be running: without this wait the
+        # loader's share would include them (measured: 70% "data" for ResNet-50 on an H100).
+        synchronize(self.device)
         t0 = time.perf_counter()
         x, y = self.loader.batch(epoch, i)
         synchronize(self.device)
@@ -183,14 +232,18 @@ class _InferRunner(_Runner):
         self.mode, self.device = mode, device
         # Inference graphs are frozen: weights become constants, so inductor folds BN and
         # pre-packs convolution weights into oneDNN's blocked layout once instead of every call.
-        self.forward = torch.compile(model, options={"freezing": True}) if mode.compile else model
-        self.x = x.to(device).contiguous(memory_format=torch.channels_last if mode.channels_last
-                                         else torch.contiguous_format)
+        self.forward = _compiled(model, mode, {"freezing": True}) if mode.compile else model
+        self.x = x.to(device).contiguous(memory_format=_memory_format(mode))
         self.images_per_step = len(x)
 
-    def check(self) -> tuple[Tensor, Tensor | None]:
+    @property
+    def check_input(self) -> Tensor:
+        return self.x
+
+    def check(self, x: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        x = self.x if x is None else x.to(self.device).contiguous(memory_format=_memory_format(self.mode))
         with torch.no_grad(), autocast(self.device, self.mode.amp):
-            return self.forward(self.x).float(), None
+            return self.forward(x).float(), None
 
     def step(self, index: int) -> float:
         with torch.no_grad(), autocast(self.device, self.mode.amp):
@@ -216,8 +269,9 @@ class _OnnxRunner(_Runner):
         self.x = x.cpu().numpy()
         self.images_per_step = len(x)
 
-    def check(self) -> tuple[Tensor, Tensor | None]:
-        return torch.from_numpy(self.session.run(None, {self.input_name: self.x})[0]), None
+    def check(self, x: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        feed = self.x if x is None else x.cpu().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: feed})[0]), None
 
     def step(self, index: int) -> float:
         self.session.run(None, {self.input_name: self.x})
@@ -286,6 +340,8 @@ class BenchResult:
     threads: int
     load_before: tuple[float, float, float] | None = None
     load_after: tuple[float, float, float] | None = None
+    # Per precision: how far the reference moves when its input is rounded to that precision.
+    sensitivity: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def flops_per_image(self) -> int:
@@ -313,6 +369,7 @@ class BenchResult:
             "peak_gflops": {k: round(v, 2) for k, v in self.peak_gflops.items()},
             "load_avg_before": self.load_before, "load_avg_after": self.load_after, "env": _threading_env(),
             "modes": {r.mode.name: r.to_dict() for r in self.results},
+            "sensitivity": self.sensitivity, "sensitivity_factor": SENSITIVITY_FACTOR,
             "best": self.best, "agree": self.agree,
         }
 
@@ -336,6 +393,18 @@ def _loadavg() -> tuple[float, float, float] | None:
         return tuple(round(v, 2) for v in os.getloadavg())  # type: ignore[return-value]
     except OSError:  # not on every platform
         return None
+
+
+def _sensitivity(runner: _Runner, out: Tensor, grad: Tensor | None,
+                 precisions: set[str]) -> dict[str, dict[str, float]]:
+    """How far the reference's outputs move when its check input carries one rounding error of each precision."""
+    found = {}
+    for precision in sorted(precisions):
+        p_out, p_grad = runner.check(rounded_like(runner.check_input, precision))
+        found[precision] = {"error": relative_error(p_out, out)}
+        if p_grad is not None and grad is not None:
+            found[precision]["grad_cosine"] = gradient_cosine(p_grad, grad)
+    return found
 
 
 def run_bench(
@@ -402,6 +471,7 @@ def run_bench(
     first_result: dict[tuple, ModeResult] = {}
     ref_out: Tensor | None = None
     ref_grad: Tensor | None = None
+    sensitivity: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="resnetlab-bench-") as tmp:
         for mode in modes:
             tol, min_cos = TOLERANCE[mode.amp]
@@ -420,6 +490,8 @@ def run_bench(
                 else:
                     runner = _InferRunner(base, mode, x, device)
                 out, grad = runner.check()
+                if mode.name == REFERENCE:  # before any step changes the weights
+                    sensitivity = _sensitivity(runner, out, grad, {m.precision for m in modes if m.runtime == "torch"})
                 for i in range(warmup):
                     runner.step(i)
                 synchronize(device)
@@ -435,6 +507,9 @@ def run_bench(
                 continue
             if mode.name == REFERENCE:
                 ref_out, ref_grad = out, grad
+            res.tolerance, min_cos = calibrated_limits(mode.amp, sensitivity.get(mode.precision))
+            if res.grad_min_cosine is not None:
+                res.grad_min_cosine = min_cos
             res.error = relative_error(out, ref_out)
             if grad is not None and ref_grad is not None:
                 res.grad_cosine = gradient_cosine(grad, ref_grad)
@@ -480,11 +555,12 @@ def run_bench(
                 res.data_pct = 100 * data_time[flags] / total_time[flags]
     ref_repeats = results[0].repeats_img_s
     result = BenchResult(task, model_name, _device_name(device), batch_size, size, macs, peak, results,
-                         torch.get_num_threads(), load_before, _loadavg())
+                         torch.get_num_threads(), load_before, _loadavg(), sensitivity)
     for res in results:
         src = first_result[res.mode.flags]
         if src is not res:
-            for name in ("img_s", "repeats_img_s", "data_pct", "error", "grad_cosine", "agrees", "skipped", "profile"):
+            for name in ("img_s", "repeats_img_s", "data_pct", "error", "grad_cosine", "agrees", "skipped", "profile",
+                         "tolerance", "grad_min_cosine"):
                 setattr(res, name, getattr(src, name))
         if res.img_s is not None:
             # Paired: each repeat against the reference's repeat of the same round (seconds
@@ -567,7 +643,7 @@ def format_result(result: BenchResult) -> str:
             continue
         err = f"{r.error:.1e} ({r.tolerance:.0e})"
         if r.grad_cosine is not None:
-            err += f", grad cos {r.grad_cosine:.4f} (>={r.grad_min_cosine:g})"
+            err += f", grad cos {r.grad_cosine:.4f} (>={r.grad_min_cosine:.4g})"
         line = f"{r.mode.name:<34}{r.img_s:>9.1f}{r.ratio:>7.2f}x{r.gflops:>9.1f}{r.peak_pct:>6.1f}%"
         if data_col:
             line += f"{r.data_pct:>6.1f}%"
@@ -591,6 +667,13 @@ def format_result(result: BenchResult) -> str:
     what = "logits and parameter gradients" if result.task == "train" else "logits"
     rule = "logits: max|out-ref|/max(1,max|ref|) <= limit" + ("; gradients: cosine >= limit"
                                                                if result.task == "train" else "")
+    for precision, sens in result.sensitivity.items():
+        amp = "none" if precision == "fp32" else precision
+        if calibrated_limits(amp, sens) != TOLERANCE[amp]:
+            cos = f" and its gradient to cosine {sens['grad_cosine']:.4f}" if "grad_cosine" in sens else ""
+            lines.append(f"ill-conditioned check: rounding eager-fp32's input to {precision} alone moves its logits "
+                         f"by {sens['error']:.1e}{cos}; {precision} limits relaxed to {SENSITIVITY_FACTOR:g}x that where it "
+                         "exceeds them")
     if result.agree:
         lines.append(f"agreement: every mode's {what} match eager-fp32 within tolerance ({rule})")
     else:
