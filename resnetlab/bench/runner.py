@@ -61,7 +61,7 @@ TOLERANCE = {"none": (1e-3, 0.999), "bf16": (5e-2, 0.9), "fp16": (1e-2, 0.99)}
 # self-disagreement: well-conditioned nets (ResNet-20/56: 1e-3 and cosine 0.9996) keep the
 # stated limits, and the cosine limit never drops below 0 (a sign error is always caught).
 SENSITIVITY_FACTOR = 10.0
-_LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # SGD as the recipes use it; a small rate so minutes of steps on random labels stay finite.
 BENCH_LR = 0.01
 # Memory for the synthetic training set of each loader (uint8, padded).
@@ -119,8 +119,8 @@ def relative_error(out: Tensor, ref: Tensor) -> float:
 def rounded_like(x: Tensor, precision: str) -> Tensor:
     """``x`` carrying one rounding error of ``precision``: a bf16/fp16 round trip, or for fp32 one ulp
     up on a seeded half of the elements."""
-    if precision in _LOW_PRECISION:
-        return x.to(_LOW_PRECISION[precision]).to(x.dtype)
+    if precision != "fp32":
+        return x.to(PRECISION_DTYPES[precision]).to(x.dtype)
     up = (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) < 0.5).to(x.device)
     return torch.where(up, torch.nextafter(x, torch.full_like(x, math.inf)), x)
 
@@ -378,8 +378,7 @@ class BenchResult:
 
 
 def _peaks(device: torch.device, precisions: list[str], size: int) -> dict[str, float]:
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    return {p: matmul_peak(device, dtypes[p], size) for p in precisions}
+    return {p: matmul_peak(device, PRECISION_DTYPES[p], size) for p in precisions}
 
 
 def _threading_env() -> dict[str, str]:
@@ -649,10 +648,10 @@ def format_result(result: BenchResult) -> str:
             line += f"{r.data_pct:>6.1f}%"
         line += f"  {err:<{ERR_WIDTH}}{'yes' if r.agrees else 'NO'}"
         lines.append(line)
-    profiled = {}  # flags -> first mode name, so ``default`` is not profiled twice in the output
+    profiled = set()  # flags already listed: ``default`` shares its profile with the mode it equals
     for r in result.results:
         if r.profile and r.mode.flags not in profiled:
-            profiled[r.mode.flags] = r.mode.name
+            profiled.add(r.mode.flags)
             lines += ["", f"profile of {r.mode.name} (torch.profiler, self time per step; % of all operators):"]
             lines += [f"  {row['op'][:60]:<60}{row['ms_per_step']:>9.2f} ms{row['pct']:>7.1f}%"
                       f"{row['calls_per_step']:>8g} calls" for row in r.profile]
