@@ -55,8 +55,8 @@ from .modes import REFERENCE, Mode
 TOLERANCE = {"none": (1e-3, 0.999), "bf16": (5e-2, 0.9), "fp16": (1e-2, 0.99)}
 # Some check points are ill-conditioned: at torchvision's init in train mode, rounding
 # ResNet-50's *input* to bf16 already moves the fp32 reference's logits by 9% and its gradient
-# to cosine 0.58 (fp32 itself is at cosine 0.9998 from float64). No bf16 computation can
-# match such a reference to the stated limits. So the reference is also run on its input
+# to cosine 0.57; fp32 itself is at cosine 0.9998 from float64 (docs/scripts/conditioning.py).
+# No bf16 computation can match such a reference to the stated limits. So the reference is also run on its input
 # rounded to each mode's precision, and a mode's limits are widened to this many times that
 # self-disagreement: well-conditioned nets (ResNet-20/56: 1e-3 and cosine 0.9996) keep the
 # stated limits, and the cosine limit never drops below 0 (a sign error is always caught).
