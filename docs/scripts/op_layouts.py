@@ -87,33 +87,27 @@ def per_call(model_name: str) -> None:
                   f"({len(times)} calls; stride-1 3x3 work assumed)")
 
 
-def mixed_layouts() -> None:
-    def timed(fn, n: int = 50) -> float:
-        for _ in range(5):
-            fn()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        return 1e3 * (time.perf_counter() - t0) / n
+def timed(fn, n: int = 30) -> float:
+    """Milliseconds per call of ``fn`` over ``n`` calls, after 5 untimed ones."""
+    for _ in range(5):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return 1e3 * (time.perf_counter() - t0) / n
 
+
+def mixed_layouts() -> None:
     out = torch.randn(128, 16, 32, 32).bfloat16().contiguous(memory_format=torch.channels_last)
     grad_cl = torch.randn_like(out)
     grad_nchw = grad_cl.contiguous()
-    same = timed(lambda: torch.ops.aten.threshold_backward(grad_cl, out, 0))
-    mixed = timed(lambda: torch.ops.aten.threshold_backward(grad_nchw, out, 0))
+    same = timed(lambda: torch.ops.aten.threshold_backward(grad_cl, out, 0), n=50)
+    mixed = timed(lambda: torch.ops.aten.threshold_backward(grad_nchw, out, 0), n=50)
     print(f"ReLU backward 128x16x32x32 bf16: layouts match {same:.2f} ms, mixed {mixed:.2f} ms")
 
 
 def shortcut_subsampling() -> None:
     """Option A's stride-2 subsampling + channel padding, forward and backward: slice against 1x1 pool."""
-    def timed(fn, n: int = 30) -> float:
-        for _ in range(5):
-            fn()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        return 1e3 * (time.perf_counter() - t0) / n
-
     for dtype in (torch.float32, torch.bfloat16):
         for fmt, label in ((torch.contiguous_format, "NCHW"), (torch.channels_last, "channels_last")):
             x = torch.randn(128, 16, 32, 32).to(dtype).contiguous(memory_format=fmt).requires_grad_()
