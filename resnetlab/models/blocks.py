@@ -61,9 +61,10 @@ class PadShortcut(nn.Module):
         values. They differ in the layout of the gradient: slicing's backward
         writes it into a fresh NCHW tensor, so on ``channels_last`` activations
         the stage boundary's add and ReLU backward mix layouts and fall off
-        PyTorch's vectorised path (5.6 ms of an 87 ms ResNet-20 bf16 step on the
-        2-core CPU). The pool keeps ``channels_last`` both ways, but its NCHW
-        kernels are 2-5x slower than the slice, so NCHW keeps the slice.
+        PyTorch's vectorised path (three calls, 6-7 ms of an 88 ms ResNet-20 bf16
+        step on the 2-core CPU; docs/scripts/op_layouts.py). The pool keeps
+        ``channels_last`` both ways, but on NCHW it is 2.6-3.9x slower than the
+        slice, so NCHW keeps the slice.
         """
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             return F.avg_pool2d(x, kernel_size=1, stride=stride)
