@@ -10,12 +10,14 @@ its slice of the same global batch.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..errors import UserError
 
 
 def batch_generator(seed: int, *keys: int) -> torch.Generator:
@@ -24,15 +26,33 @@ def batch_generator(seed: int, *keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0] >> 1))
 
 
-class Normalize:
-    """uint8 NCHW -> float, scaled to 0..1, minus mean, over std (per channel), in the chosen memory format."""
+def norm_tensor(values: Sequence[Any]) -> Tensor:
+    """A mean or std as a broadcastable 1 x C x 1 x 1 (per channel) or 1 x C x H x W (per pixel) tensor.
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device, channels_last: bool) -> None:
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
-        self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255)
+    A flat list is per channel; a nested C x H x W list is a per-pixel mean image (He et al. 2015,
+    Sec. 4.2: "the per-pixel mean subtracted"), which only fits images of that size.
+    """
+    t = torch.as_tensor(values, dtype=torch.float32)
+    return t.view(1, -1, 1, 1) if t.ndim == 1 else t.unsqueeze(0)
+
+
+class Normalize:
+    """uint8 NCHW -> float, scaled to 0..1, minus mean, over std, in the chosen memory format.
+
+    ``mean`` is per channel (flat) or per pixel (C x H x W); ``std`` is per channel.
+    """
+
+    def __init__(self, mean: Sequence[Any], std: Sequence[float], device: torch.device, channels_last: bool) -> None:
+        self.mean = norm_tensor(mean).to(device) * 255
+        self.inv_std = 1.0 / (norm_tensor(std).to(device) * 255)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, x: Tensor) -> Tensor:
+        if self.mean.shape[-1] > 1 and self.mean.shape[-2:] != x.shape[-2:]:
+            raise UserError(
+                f"this model subtracts a {self.mean.shape[-2]}x{self.mean.shape[-1]} per-pixel mean image; "
+                f"the images are {x.shape[-2]}x{x.shape[-1]}: resize them to that size"
+            )
         x = (x.float() - self.mean) * self.inv_std
         return x.contiguous(memory_format=self.memory_format)
 

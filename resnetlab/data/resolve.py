@@ -9,6 +9,7 @@ subfolder per class, optionally split into ``train/`` and ``val/`` or ``test/``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,7 @@ class DataBundle:
     classes: list[str]
     in_chans: int
     image_size: int
-    mean: tuple[float, ...]
+    mean: tuple[float, ...] | list  # per channel, or a C x H x W mean image (see with_normalization)
     std: tuple[float, ...]
     in_memory: bool
     source: str
@@ -255,6 +256,36 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
         means.append(float(mean) / 255)
         stds.append(float(var.sqrt()) / 255)
     return tuple(means), tuple(stds)
+
+
+def pixel_mean(images: torch.Tensor, chunk: int = 4096) -> list[list[list[float]]]:
+    """The mean image (C x H x W, 0..1 scale) of uint8 N x C x H x W images, as nested lists.
+
+    He et al. 2015, Sec. 4.2 (CIFAR-10): "The network inputs are 32x32 images, with the
+    per-pixel mean subtracted." Summed in float64 chunks so no float copy of the data is made.
+    """
+    total = torch.zeros(images.shape[1:], dtype=torch.float64)
+    for start in range(0, images.shape[0], chunk):
+        total += images[start:start + chunk].to(torch.float64).sum(0)
+    return (total / (255.0 * images.shape[0])).tolist()
+
+
+def with_normalization(data: DataBundle, kind: str) -> DataBundle:
+    """``data`` normalised per channel (mean/std, the default) or by its per-pixel mean image (``"pixel-mean"``).
+
+    The per-pixel mean is the 2015 paper's CIFAR preprocessing (Sec. 4.2): subtract the mean
+    image of the training images, no division; it needs images held in memory at one size.
+    """
+    if kind == "channel":
+        return data
+    if kind != "pixel-mean":
+        raise UserError(f"normalize must be 'channel' or 'pixel-mean', got {kind!r}")
+    if not data.in_memory:
+        raise UserError("normalize='pixel-mean' needs images held in memory at one size (CIFAR-size data); "
+                        "use --normalize channel for streamed image folders")
+    assert isinstance(data.train, ArrayDataset)
+    mean = pixel_mean(data.train.images)
+    return dataclasses.replace(data, mean=mean, std=tuple(1.0 for _ in range(data.in_chans)))
 
 
 # ------------------------------------------------------------------------- folder data

@@ -55,11 +55,18 @@ def model_record(model: nn.Module) -> dict[str, Any]:
     return spec.to_dict()
 
 
+def normalization_record(mean: Any, std: Any) -> dict[str, Any]:
+    """``{"mean", "std", "kind"}`` as plain floats; ``kind`` is "channel" or "pixel-mean" (a C x H x W mean)."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float64)
+    return {"mean": mean_t.tolist(), "std": torch.as_tensor(std, dtype=torch.float64).tolist(),
+            "kind": "channel" if mean_t.ndim == 1 else "pixel-mean"}
+
+
 def make_checkpoint(
     model: nn.Module,
     *,
     classes: list[str],
-    mean: tuple[float, ...] | list[float],
+    mean: tuple[float, ...] | list,
     std: tuple[float, ...] | list[float],
     input_size: tuple[int, ...] | list[int],
     **extra: Any,
@@ -70,7 +77,7 @@ def make_checkpoint(
         "format": FORMAT,
         "model": model_record(unwrap(model)),
         "classes": list(classes),
-        "normalization": {"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
+        "normalization": normalization_record(mean, std),
         "input_size": [int(i) for i in input_size],
         "state_dict": state,
         **extra,

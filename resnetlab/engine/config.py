@@ -62,6 +62,9 @@ class TrainConfig:
     warmup_min_depth: int = 0  # apply the warm-up only to networks at least this deep
 
     # Data augmentation.
+    # Input normalisation: "channel" (mean/std per channel, computed on the training images) or
+    # "pixel-mean" (subtract the training images' mean image, the 2015 paper's Sec. 4.2 for CIFAR).
+    normalize: str = "channel"
     augment: str = "crop-flip"  # "crop-flip" (pad and crop, flip), "rrc-flip" (scale augmentation), "none"
     pad: int = 4
 
@@ -107,11 +110,12 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "paper-cifar": Recipe(
         "He et al. 2015 Sec. 4.2: SGD 0.9, wd 1e-4, batch 128, lr 0.1 /10 at 32k and 48k, stop at 64k; "
-        "pad-4 crop + flip; lr 0.01 for the first 400 iterations on 110 layers and deeper",
+        "per-pixel mean subtracted, pad-4 crop + flip; lr 0.01 for the first 400 iterations on 110 layers and deeper",
         "He et al. 2015, Sec. 4.2",
         dict(batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4, decay_norm_and_bias=True,
              label_smoothing=0.0, iters=64_000, epochs=None, schedule="step", milestones=(0.5, 0.75), gamma=0.1,
-             warmup_iters=400, warmup_lr=0.01, warmup_min_depth=110, augment="crop-flip", pad=4, tta_flip=False),
+             warmup_iters=400, warmup_lr=0.01, warmup_min_depth=110, normalize="pixel-mean", augment="crop-flip", pad=4,
+             tta_flip=False),
     ),
     "fast-cifar": Recipe(
         "short CPU budget: batch 256, nesterov, lr 0.4 with a linear ramp up (1 epoch) and linear decay to 0, "
@@ -119,7 +123,7 @@ RECIPES: dict[str, Recipe] = {
         "measured on the 45k/5k CIFAR-10 split; see README",
         dict(batch_size=256, lr=0.4, momentum=0.9, nesterov=True, weight_decay=5e-4, decay_norm_and_bias=False,
              label_smoothing=0.1, iters=None, epochs=20, schedule="linear", milestones=(), gamma=0.1,
-             warmup_iters=176, warmup_lr=None, warmup_min_depth=0, augment="crop-flip", pad=4, tta_flip=True),
+             warmup_iters=176, warmup_lr=None, warmup_min_depth=0, normalize="channel", augment="crop-flip", pad=4, tta_flip=True),
     ),
     "paper-imagenet": Recipe(
         "He et al. 2015 Sec. 3.4: SGD 0.9, batch 256, lr 0.1 /10 every 30 epochs, 90 epochs, wd 1e-4, "
@@ -127,7 +131,7 @@ RECIPES: dict[str, Recipe] = {
         "He et al. 2015, Sec. 3.4; torchvision's reference recipe",
         dict(batch_size=256, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4, decay_norm_and_bias=True,
              label_smoothing=0.0, iters=None, epochs=90, schedule="step", milestones=(1 / 3, 2 / 3), gamma=0.1,
-             warmup_iters=0, warmup_lr=None, warmup_min_depth=0, augment="rrc-flip", pad=0, tta_flip=False),
+             warmup_iters=0, warmup_lr=None, warmup_min_depth=0, normalize="channel", augment="rrc-flip", pad=0, tta_flip=False),
     ),
 }
 

@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import DataBundle, MemoryLoader, StreamLoader, open_data
+from ..data import DataBundle, MemoryLoader, StreamLoader, open_data, with_normalization
 from ..errors import UserError
 from ..models import create_model
 from ..models.profile import count_layers
@@ -36,6 +36,9 @@ from .checkpoint import atomic_save, load_checkpoint, load_weights, make_checkpo
 from .config import TrainConfig, check_amp, saved_split_seed
 from .evaluate import autocast, evaluate
 from .schedule import Schedule, lr_at
+
+
+NORMALIZE_TEXT = {"channel": "per channel (mean/std)", "pixel-mean": "by the per-pixel mean image (paper Sec. 4.2)"}
 
 
 class TrainingDiverged(UserError):
@@ -259,7 +262,8 @@ def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: 
     # Data first: the class count and channels decide the classifier and stem.
     data = open_data(cfg.data, val_split=cfg.val_split, subset=cfg.subset, seed=cfg.split_seed,
                      image_size=cfg.image_size, log=log)
-    log(f"data: {data.source}")
+    data = with_normalization(data, cfg.normalize)
+    log(f"data: {data.source}; normalised {NORMALIZE_TEXT[cfg.normalize]}")
 
     torch.manual_seed(cfg.seed)
     model_args = {"num_classes": len(data.classes), "in_chans": data.in_chans, **cfg.model_args}

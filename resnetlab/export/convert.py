@@ -30,7 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.checkpoint import FORMAT, atomic_save, first_mismatch, load_checkpoint, load_weights, make_checkpoint
+from ..engine.checkpoint import (
+    FORMAT, atomic_save, first_mismatch, load_checkpoint, load_weights, make_checkpoint, normalization_record,
+)
 from ..errors import UserError
 from ..models import FAMILIES, MODELS, create_model
 
@@ -50,7 +52,7 @@ class Weights:
     kind: str
     model: dict[str, Any] | None = None
     classes: list[str] | None = None
-    mean: list[float] | None = None
+    mean: list | None = None  # per channel, or a C x H x W per-pixel mean image
     std: list[float] | None = None
     input_size: list[int] | None = None
     notes: list[str] = field(default_factory=list)
@@ -66,7 +68,7 @@ class LoadedModel:
 
     model: nn.Module
     classes: list[str]
-    mean: list[float]
+    mean: list  # per channel, or a C x H x W per-pixel mean image
     std: list[float]
     input_size: list[int]
     description: str
@@ -78,7 +80,7 @@ class LoadedModel:
         return {
             "model": spec.to_dict() if spec is not None else None,
             "classes": list(self.classes),
-            "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            "normalization": normalization_record(self.mean, self.std),
             "input_size": list(self.input_size),
         }
 
@@ -414,7 +416,7 @@ def save_safetensors(
         "format": SAFETENSORS_FORMAT,
         "model": spec.to_dict() if spec is not None else None,
         "classes": list(classes),
-        "normalization": {"mean": [float(m) for m in mean], "std": [float(s) for s in std]},
+        "normalization": normalization_record(mean, std),
         "input_size": [int(i) for i in input_size],
     }
     # safetensors refuses shared or strided storage; a contiguous copy of each tensor is always accepted.

@@ -74,6 +74,12 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     return _metadata(props, dims(inputs[0]), dims(proto.graph.output[0]), str(path))
 
 
+def _broadcastable(values: Any) -> np.ndarray:
+    """A per-channel list as 1 x C x 1 x 1, a per-pixel C x H x W mean image as 1 x C x H x W."""
+    array = np.asarray(values, dtype=np.float32)
+    return array.reshape(1, -1, 1, 1) if array.ndim == 1 else array[None]
+
+
 class OnnxClassifier:
     """An onnxruntime session plus the preprocessing recorded at export; call it on uint8 N x C x H x W images."""
 
@@ -94,8 +100,7 @@ class OnnxClassifier:
         self.batch = _static(inp.shape[0])
         self.input_size = [_static(d) for d in inp.shape[1:]]
         norm = self.metadata["normalization"]
-        self.mean = np.asarray(norm["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
-        self.std = np.asarray(norm["std"], dtype=np.float32).reshape(1, -1, 1, 1)
+        self.mean, self.std = _broadcastable(norm["mean"]), _broadcastable(norm["std"])
         self.classes: list[str] = list(self.metadata["classes"])
 
     def preprocess(self, images: Any) -> np.ndarray:
