@@ -4,10 +4,13 @@
     model = torch.hub.load("path/to/resnetlab", "resnet18", source="local", num_classes=10)
     model = torch.hub.load("path/to/resnetlab", "resnet56", source="local", weights="runs/c10/best.pt")
 
+    model = torch.hub.load("path/to/resnetlab", "resnet20", source="local", pretrained=True)
+
 Keyword arguments are those of ``resnetlab.create_model`` (``num_classes``, ``in_chans``,
-``zero_init_residual``, ...). No pretrained weights ship with resnetlab, so
-``pretrained=True`` is an error; ``weights=`` (or ``pretrained=``) may name a local
-file instead: a resnetlab checkpoint or safetensors, or torchvision/timm weights.
+``zero_init_residual``, ...). ``pretrained=True`` loads the weights that ship inside the
+package (``resnetlab.list_pretrained()``; any other name is a one-line error listing them);
+``weights=`` (or ``pretrained=``) may name a local file instead: a resnetlab checkpoint or
+safetensors, or torchvision/timm weights.
 When ``num_classes`` is given and differs from the file's, the classifier is replaced.
 """
 
@@ -23,11 +26,10 @@ def _build(name, pretrained=False, weights=None, progress=True, **kwargs):
     del progress  # nothing is downloaded
     if isinstance(pretrained, str) and weights is None:
         weights, pretrained = pretrained, False
-    if pretrained is True or (weights is not None and not isinstance(weights, str)):
-        raise _UserError(
-            f"resnetlab ships no pretrained weights for {name}; pass weights='path/to/file' "
-            "(a resnetlab checkpoint, .safetensors, or torchvision/timm weights)"
-        )
+    if weights is not None and not isinstance(weights, str):
+        raise _UserError(f"weights= takes a path to local weights, got {type(weights).__name__}")
+    if pretrained is True:
+        return _create_model(name, pretrained=True, **kwargs)
     model = _create_model(name, **kwargs)
     if weights is not None:
         from resnetlab.export.convert import load_pretrained
@@ -44,7 +46,8 @@ def _entry(name):
     entry.__name__ = entry.__qualname__ = name
     entry.__doc__ = (
         f"{name}: {definition.family} family, {definition.block} units {list(definition.layers)}.\n\n"
-        "Args: weights (optional path to local weights), **kwargs for resnetlab.create_model."
+        "Args: pretrained (the shipped weights), weights (optional path to local weights), "
+        "**kwargs for resnetlab.create_model."
     )
     return entry
 

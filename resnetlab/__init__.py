@@ -9,10 +9,11 @@ from .models import (
     ResNet,
     create_model,
     list_models,
+    list_pretrained,
 )
 
 __version__ = "0.1.0"
 __all__ = [
     "BasicBlock", "Bottleneck", "PadShortcut", "PreActBasicBlock", "PreActBottleneck", "ResNet",
-    "create_model", "list_models", "__version__",
+    "create_model", "list_models", "list_pretrained", "__version__",
 ]

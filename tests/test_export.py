@@ -326,8 +326,8 @@ def test_torch_hub_local(tmp_path: Path, checkpoint20: Path) -> None:
     loaded = torch.hub.load(str(REPO), "resnet20", source="local", weights=str(checkpoint20))
     original = load_checkpoint(checkpoint20)["state_dict"]
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in original.items())
-    with pytest.raises(UserError, match="ships no pretrained weights"):
-        torch.hub.load(str(REPO), "resnet56", source="local", pretrained=True)
+    with pytest.raises(UserError, match="no pretrained weights ship for 'resnet1202'"):
+        torch.hub.load(str(REPO), "resnet1202", source="local", pretrained=True)
     spec = importlib.util.spec_from_file_location("hubconf_under_test", REPO / "hubconf.py")
     hubconf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hubconf)

@@ -34,6 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", help="text file of class names, one per line, to record in the output")
     p.set_defaults(func=cmd_convert)
 
+    p = sub.add_parser("publish", help="ship a trained checkpoint inside the package as pretrained weights "
+                                       "(models/weights/NAME.safetensors and its index entry)")
+    p.add_argument("checkpoint", help="the run's checkpoint, e.g. runs/paper-r20/last.pt")
+    p.add_argument("--name", required=True, help="registered model name, e.g. resnet20")
+    p.add_argument("--commit", required=True, help="the project commit the run was trained with")
+    p.add_argument("--hardware", required=True, help="what it was trained on, e.g. '2 vCPUs, AMD EPYC, AVX512-BF16'")
+    p.set_defaults(func=cmd_publish)
+
 
 def _parse_batch(text: str) -> int | None:
     if text == "dynamic":
@@ -74,4 +82,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     classes = read_classes_file(args.classes) if args.classes else None
     for line in convert(args.input, args.output, args.model, classes):
         print(line)
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from ..export.publish import publish
+
+    publish(args.checkpoint, args.name, commit=args.commit, hardware=args.hardware)
     return 0

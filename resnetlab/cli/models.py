@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..models import MODELS, model_family
+from ..models import MODELS, get_weights, list_pretrained, model_family
 from ..models.profile import block_arithmetic, count_macs, count_params, format_summary, meta_model, summary
 from .common import parse_input_size
 
@@ -15,6 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--family", choices=["imagenet", "cifar"], help="only this family")
     p.add_argument("--json", action="store_true", help="one JSON object per model instead of a table")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("pretrained", help="the weights that ship with resnetlab: how they were trained and their error")
+    p.set_defaults(func=cmd_pretrained)
 
     p = sub.add_parser("summary", help="layer table: output shape, params and multiply-adds per stage and block")
     p.add_argument("name", help="model name, e.g. resnet56")
@@ -47,6 +50,20 @@ def cmd_models(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['name']:<20}{r['family']:<10}{r['block']:<19}{r['params']:>13,}{r['macs'] / 1e9:>11.3f}G"
               f"  {'x'.join(map(str, r['input_size']))}")
+    return 0
+
+
+def cmd_pretrained(args: argparse.Namespace) -> int:
+    names = list_pretrained()
+    if not names:
+        print("no pretrained weights ship with this version")
+        return 0
+    print(f"{'name':<12}{'val top-1 err':>14}  {'recipe':<12}{'iterations':>11}  {'dtype':<8}{'size':>10}  trained on")
+    for name in names:
+        m = get_weights(name).meta
+        err = f"{100 * m['val_top1_err']:.2f}%" if m.get("val_top1_err") is not None else "n/a"
+        print(f"{name:<12}{err:>14}  {m['recipe']:<12}{m['iterations']:>11,}  {m['dtype']:<8}"
+              f"{m['size_bytes']:>10,}  {m['hardware']}, {m['precision']}, {m['wall_time_s'] / 60:.0f} min")
     return 0
 
 

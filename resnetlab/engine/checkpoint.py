@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import create_model
+from ..models.pretrained import get_weights, is_pretrained_name
 
 FORMAT = "resnetlab-checkpoint/1"
 
@@ -93,8 +94,23 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
+def pretrained_checkpoint(name: str) -> dict[str, Any]:
+    """A checkpoint dict for shipped weights (``list_pretrained()``), so a name works wherever a path does."""
+    weights = get_weights(name)
+    record = weights.record()
+    model = create_model(name, pretrained=True)
+    norm = record["normalization"]
+    return make_checkpoint(model, classes=record["classes"], mean=norm["mean"], std=norm["std"],
+                           input_size=record["input_size"], config=weights.meta.get("config", {}), pretrained=name)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file safely (``weights_only=True``); a file that is not one is a clear error."""
+    """Load a checkpoint file safely (``weights_only=True``); a file that is not one is a clear error.
+
+    A name of shipped weights (``resnet20``...) that is not also a path loads those weights.
+    """
+    if not Path(path).exists() and is_pretrained_name(str(path)):
+        return pretrained_checkpoint(str(path))
     path = Path(path)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):

@@ -35,6 +35,7 @@ from ..engine.checkpoint import (
 )
 from ..errors import UserError
 from ..models import FAMILIES, MODELS, create_model
+from ..models.pretrained import get_weights, is_pretrained_name
 
 SAFETENSORS_FORMAT = "resnetlab-safetensors/1"
 # Prefixes wrappers add to every key: DataParallel/DDP, torch.compile, Lightning modules.
@@ -182,7 +183,14 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch
 
 
 def read_weights(path: str | Path) -> Weights:
-    """Read a state dict from any supported file (see the module docstring); never runs pickled code."""
+    """Read a state dict from any supported file (see the module docstring); never runs pickled code.
+
+    A name of shipped weights (``list_pretrained()``) that is not also a path reads those weights.
+    """
+    if not Path(path).exists() and is_pretrained_name(str(path)):
+        shipped = get_weights(str(path))
+        shipped.verify()
+        path = shipped.path
     path = Path(path)
     if path.is_dir():
         ckpt = load_checkpoint(path)
@@ -318,14 +326,16 @@ def build_from_weights(weights: Weights, model_name: str | None = None) -> tuple
 
 
 def load_model(source: str | Path, model_name: str | None = None) -> LoadedModel:
-    """A model in eval mode from a checkpoint/weights file, or a registered name (random weights).
+    """A model in eval mode from a checkpoint/weights file, a name of shipped weights, or a registered name.
 
+    A registered name without shipped weights (``list_pretrained()``) gets random weights.
     Classes, normalisation and input size come from the file when it records them,
     otherwise class indices, ImageNet mean/std (torchvision's convention) and the
     model's native size; ``notes`` says which defaults were used.
     """
     path = Path(source)
-    if not path.exists() and not path.suffix and "/" not in str(source) and os.sep not in str(source):
+    shipped = not path.exists() and is_pretrained_name(str(source))
+    if not shipped and not path.exists() and not path.suffix and "/" not in str(source) and os.sep not in str(source):
         model = create_model(str(source)).eval()
         mean, std = default_normalization()
         n = model.num_classes
@@ -333,7 +343,7 @@ def load_model(source: str | Path, model_name: str | None = None) -> LoadedModel
             model, [str(i) for i in range(n)], mean, std, list(model.default_input_size),
             f"{source} (random weights)", ["random weights: normalization is ImageNet's, classes are indices"],
         )
-    weights = read_weights(path)
+    weights = read_weights(source if shipped else path)
     model, how = build_from_weights(weights, model_name)
     notes = list(weights.notes)
     classes = weights.classes

@@ -152,13 +152,18 @@ def _resolve(name: str, overrides: dict[str, Any]) -> tuple[ModelDef, dict[str, 
     raise UserError(f"unknown model {name!r}{hint}")
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
+def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Module:
     """Build a registered model by name, e.g. ``create_model("resnet56", num_classes=100)``.
 
     Overrides are any :class:`ResNet` keyword argument (``num_classes``, ``in_chans``,
     ``zero_init_residual``, ``stem``, ``width``, ``norm_layer``, ``shortcut``,
     ``stride_in_1x1``, ...). The model's ``spec`` attribute records name and overrides.
+    ``pretrained=True`` loads the weights shipped for ``name`` (``list_pretrained()``)
+    strictly; with a different ``num_classes`` every weight but the classifier's is loaded,
+    as timm does for fine-tuning.
     """
+    if pretrained:
+        return _pretrained_model(name, overrides)
     definition, rest = _resolve(name, dict(overrides))
     unknown = sorted(set(rest) - set(_CONSTRUCTOR_ARGS))
     if unknown:
@@ -178,4 +183,22 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
         raise UserError(f"cannot build {name}: {exc}") from exc
     model.spec = ModelSpec(name, {k: v for k, v in overrides.items()})
     model.default_input_size = (args.get("in_chans", 3), *family.input_size[1:])
+    return model
+
+
+def _pretrained_model(name: str, overrides: dict[str, Any]) -> nn.Module:
+    """``create_model(name, pretrained=True, **overrides)``: the shipped weights, loaded strictly."""
+    from .pretrained import get_weights
+
+    weights = get_weights(name)
+    trained_with = dict(weights.record()["model"].get("overrides", {}))
+    model = create_model(name, **{**trained_with, **overrides})
+    state = weights.state_dict()
+    if model.fc.weight.shape != state["fc.weight"].shape:  # a new classifier: everything else is loaded
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith("fc.")})
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"the shipped {name} weights do not fit these overrides ({str(exc).splitlines()[0]})") from None
     return model

@@ -1,0 +1,146 @@
+"""Shipped weights: the files match their metadata, load strictly, give pinned logits, and a name works
+wherever a checkpoint path does (create_model, evaluate, predict, export, --init)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import resnetlab
+from resnetlab.cli import main
+from resnetlab.engine.checkpoint import load_checkpoint
+from resnetlab.engine.config import recipe_config
+from resnetlab.engine.train import train
+from resnetlab.errors import UserError
+from resnetlab.export.publish import publish, sample_logits
+from resnetlab.models import pretrained
+
+SAMPLE = str(Path(__file__).resolve().parents[1] / "resnetlab" / "data" / "sample" / "cifar10-sample")
+SHIPPED = resnetlab.list_pretrained()
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESNETLAB_DATA", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+# ------------------------------------------------------------------ the files that ship
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_file_matches_its_metadata(name: str) -> None:
+    weights = pretrained.get_weights(name)
+    assert pretrained.file_sha256(weights.path) == weights.sha256
+    assert weights.path.stat().st_size == weights.meta["size_bytes"]
+    for key in ("recipe", "iterations", "data", "normalization", "precision", "hardware", "wall_time_s",
+                "commit", "val_top1_err"):
+        assert weights.meta.get(key) is not None, key
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_weights_load_strictly_and_give_the_pinned_logits(name: str) -> None:
+    model = resnetlab.create_model(name, pretrained=True)  # strict: a missing or extra key raises
+    record = pretrained.get_weights(name).record()
+    got = sample_logits(model, record["normalization"])[: len(pretrained.get_weights(name).meta["sample_logits"])]
+    want = torch.tensor(pretrained.get_weights(name).meta["sample_logits"])
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+
+
+# ------------------------------------------------------------------ publishing and loading by name
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6-iteration paper-cifar ResNet-20 published into a weights folder of its own."""
+    root = tmp_path_factory.mktemp("publish")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RESNETLAB_DATA", str(root / "cache"))
+    cfg = recipe_config("paper-cifar", data=SAMPLE, subset=320, val_split=100, batch_size=32, iters=6,
+                        eval_every=3, out=str(root / "run"), device="cpu", seed=1)
+    train(cfg, log=lambda _m: None)
+    publish(str(root / "run" / "last.pt"), "resnet20", commit="abc1234", hardware="test machine",
+            dest=root / "weights", log=lambda _m: None)
+    mp.undo()
+    return root
+
+
+@pytest.fixture
+def shipped_here(published: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(pretrained, "INDEX_FILE", published / "weights" / "index.json")
+    return published
+
+
+def test_publish_records_how_the_weights_were_made(shipped_here: Path) -> None:
+    entry = json.loads((shipped_here / "weights" / "index.json").read_text())["resnet20"]
+    ckpt = load_checkpoint(shipped_here / "run" / "last.pt")
+    assert entry["recipe"] == "paper-cifar" and entry["iterations"] == 6 and entry["commit"] == "abc1234"
+    assert entry["normalization"] == "pixel-mean" and entry["val_split"] == 100
+    assert entry["val_top1_err"] == ckpt["metrics"]["val_top1_err"]
+    assert entry["train_images"] == 320 and entry["dtype"] in ("float16", "float32")
+    assert entry["sha256"] == pretrained.file_sha256(shipped_here / "weights" / entry["file"])
+
+
+def test_pretrained_model_equals_the_checkpoint(shipped_here: Path) -> None:
+    ckpt = load_checkpoint(shipped_here / "run" / "last.pt")
+    model = resnetlab.create_model("resnet20", pretrained=True)
+    entry = pretrained.get_weights("resnet20").meta
+    atol = 0 if entry["dtype"] == "float32" else 1e-2
+    for key, value in model.state_dict().items():
+        assert torch.allclose(value.float(), ckpt["state_dict"][key].float(), atol=atol, rtol=1e-3), key
+    assert resnetlab.list_pretrained() == ["resnet20"]
+
+
+def test_a_new_classifier_keeps_the_other_weights(shipped_here: Path) -> None:
+    model = resnetlab.create_model("resnet20", pretrained=True, num_classes=3)
+    ref = resnetlab.create_model("resnet20", pretrained=True)
+    assert model.fc.out_features == 3
+    assert torch.equal(model.conv1.weight, ref.conv1.weight)
+
+
+def test_unshipped_weights_are_one_line_listing_the_shipped(shipped_here: Path) -> None:
+    with pytest.raises(UserError, match=r"no pretrained weights ship for 'resnet56'; shipped: resnet20"):
+        resnetlab.create_model("resnet56", pretrained=True)
+
+
+def test_a_damaged_file_is_refused(shipped_here: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    index = json.loads((shipped_here / "weights" / "index.json").read_text())
+    index["resnet20"]["sha256"] = "0" * 64
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    (tmp_path / index["resnet20"]["file"]).write_bytes((shipped_here / "weights" / index["resnet20"]["file"]).read_bytes())
+    monkeypatch.setattr(pretrained, "INDEX_FILE", tmp_path / "index.json")
+    with pytest.raises(UserError, match="damaged"):
+        resnetlab.create_model("resnet20", pretrained=True)
+
+
+def test_a_name_works_where_a_checkpoint_does(shipped_here: Path, tmp_path: Path, capsys) -> None:
+    assert main(["evaluate", "resnet20", "--data", SAMPLE]) == 0
+    assert "top-1" in capsys.readouterr().out
+    image = next((Path(SAMPLE) / "test").rglob("*.png"), None) or next((Path(SAMPLE) / "test").rglob("*.*"))
+    assert main(["predict", "resnet20", str(image)]) == 0
+    assert main(["export", "resnet20", "--out", str(tmp_path / "r20.onnx")]) == 0
+    from resnetlab.export.onnx_predict import read_onnx_metadata
+
+    assert read_onnx_metadata(tmp_path / "r20.onnx")["normalization"]["kind"] == "pixel-mean"
+    assert main(["pretrained"]) == 0
+    assert "resnet20" in capsys.readouterr().out
+
+
+def test_init_from_a_name_fine_tunes(shipped_here: Path, tmp_path: Path) -> None:
+    cfg = recipe_config("paper-cifar", data=SAMPLE, subset=64, batch_size=32, iters=1, out=str(tmp_path / "ft"),
+                        device="cpu", init="resnet20")
+    train(cfg, log=lambda _m: None)
+    ref = resnetlab.create_model("resnet20", pretrained=True)
+    tuned = load_checkpoint(tmp_path / "ft" / "last.pt")
+    # One SGD step away from the shipped weights, not from a random start.
+    diff = (tuned["state_dict"]["conv1.weight"] - ref.conv1.weight).abs().max()
+    assert diff < 0.05
+
+
+def test_hub_loads_shipped_weights(shipped_here: Path) -> None:
+    repo = str(Path(__file__).resolve().parents[1])
+    model = torch.hub.load(repo, "resnet20", source="local", pretrained=True)
+    ref = resnetlab.create_model("resnet20", pretrained=True)
+    assert torch.equal(model.conv1.weight, ref.conv1.weight)
