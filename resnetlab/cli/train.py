@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
 
-from ..engine.config import AMP_CHOICES, RECIPES, recipe_config
+from ..engine.config import RECIPES, TrainConfig, recipe_config
 from ..errors import UserError
 
 
@@ -22,39 +27,48 @@ def _model_arg(text: str) -> tuple[str, object]:
         return key, value
 
 
+# Fields that are not flags of their own: model_args has --model-arg KEY=VALUE (repeatable).
+_NOT_FLAGS = {"model_args"}
+_RECIPE_FIELDS = {name for recipe in RECIPES.values() for name in recipe.values}
+
+
+def _flag_type(hint: Any) -> tuple[Any, dict[str, Any]]:
+    """The argparse ``type`` and extras for a TrainConfig annotation (``int | None`` is an int flag)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    base = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+    if base is bool:
+        return None, {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(base) is tuple:
+        return typing.get_args(base)[0], {"nargs": "*"}
+    return base, {}
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per :class:`TrainConfig` field, help and choices from the field's metadata; all default None."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in _NOT_FLAGS:
+            continue
+        kind, extra = _flag_type(hints[f.name])
+        meta = {k: v for k, v in f.metadata.items() if k != "help"}
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.name in _RECIPE_FIELDS:
+            note = " (set by the recipe)"
+        else:
+            note = f" (default {default})" if default not in (None, "", ()) else ""
+        help_text = f.metadata.get("help", "") + note
+        if kind is not None:
+            extra["type"] = kind
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=help_text, **extra, **meta)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model (see `resnetlab recipes`)")
-    p.add_argument("--model", default="resnet20", help="model name (`resnetlab models`), default resnet20")
+    p = sub.add_parser("train", help="train a model (see `resnetlab recipes`); every config field is a flag")
+    p.add_argument("--config", metavar="FILE", help="start from the config.json of an earlier run "
+                                                    "(its recipe and every field; flags given here win)")
     p.add_argument("--model-arg", action="append", type=_model_arg, default=[], metavar="KEY=VALUE",
                    help="constructor override, e.g. shortcut=B or zero_init_residual=true (repeatable)")
-    p.add_argument("--data", help="cifar10, cifar100, a CIFAR archive/folder, IDX folder or image folder; "
-                                  "default: CIFAR-10 if cached or downloadable, else the bundled sample")
-    p.add_argument("--recipe", default="paper-cifar", help="training recipe (`resnetlab recipes`)")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=float, help="run length in epochs (replaces the recipe's length)")
-    length.add_argument("--iters", type=int, help="run length in iterations (replaces the recipe's length)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--seed", type=int, help="seeds the initial weights, batch order and augmentation (default 0)")
-    p.add_argument("--split-seed", type=int, help="seeds which images --val-split holds out and --subset keeps "
-                                                  "(default 0, whatever --seed is)")
-    p.add_argument("--val-split", type=int, help="hold out N training images (stratified) as validation")
-    p.add_argument("--subset", type=int, help="train on N images (stratified) for a quick run")
-    p.add_argument("--image-size", type=int, help="crop size for large-image folders (default 224)")
-    p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="default auto")
-    p.add_argument("--amp", choices=AMP_CHOICES, help="autocast dtype (default: fastest measured)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument("--eval-every", type=int, help="iterations between evaluations")
-    p.add_argument("--workers", type=int, help="DataLoader workers for large-image folders")
-    p.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under torchrun")
-    p.add_argument("--init", help="start from these weights (checkpoint, torchvision/timm state dict, safetensors)")
-    p.add_argument("--out", help="run folder (default runs/<model>-<timestamp>)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint; 'auto': "
-                                                   "continue --out if it holds one, else start there "
-                                                   "(for torchrun --max-restarts)")
+    add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("recipes", help="list the training recipes and their settings")
@@ -62,23 +76,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_recipes)
 
 
+def config_from_file(path: str) -> dict[str, Any]:
+    """The TrainConfig fields of an earlier run's config.json, less where it ran (``out``, ``resume``)."""
+    try:
+        saved = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"--config {path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--config {path} is not JSON ({exc.msg} at line {exc.lineno})") from None
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - {"out", "resume"}
+    fields = {k: v for k, v in saved.items() if k in known}
+    if "milestones" in fields:
+        fields["milestones"] = tuple(fields["milestones"])
+    return fields
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Recipe, then the --config file, then the flags given: the resolved TrainConfig of a command line."""
+    base = config_from_file(args.config) if args.config else {}
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if f.name not in _NOT_FLAGS and getattr(args, f.name) is not None}
+    if "milestones" in given:
+        given["milestones"] = tuple(given["milestones"])
+    if args.model_arg:
+        given["model_args"] = dict(args.model_arg)
+    if given.get("iters") is not None and given.get("epochs") is not None:
+        raise UserError("give the run length once: --iters or --epochs, not both")
+    for name, value in given.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise UserError(f"--{name.replace('_', '-')} must not be negative, got {value}")
+    recipe = given.get("recipe") or base.get("recipe") or TrainConfig.recipe
+    if base and ("iters" in given or "epochs" in given):  # a length given here replaces the file's
+        base = {k: v for k, v in base.items() if k not in ("iters", "epochs")}
+    return recipe_config(recipe, **{**base, **given})
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ..engine.train import train
 
-    fields = dict(
-        model=args.model, model_args=dict(args.model_arg) or None, data=args.data, epochs=args.epochs,
-        iters=args.iters, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, seed=args.seed, split_seed=args.split_seed,
-        val_split=args.val_split, subset=args.subset,
-        image_size=args.image_size, device=args.device, amp=args.amp, channels_last=args.channels_last,
-        compile=args.compile, eval_every=args.eval_every, workers=args.workers, sync_bn=args.sync_bn,
-        init=args.init, out=args.out, resume=args.resume,
-    )
-    for name, value in fields.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-            raise UserError(f"--{name.replace('_', '-')} must not be negative, got {value}")
-    cfg = recipe_config(args.recipe, **fields)
-    result = train(cfg, argv=sys.argv)
+    result = train(config_from_args(args), argv=sys.argv)
     if result.status == "interrupted":
         return 128 + int(getattr(result, "signal", None) or signal.SIGINT)
     return 0

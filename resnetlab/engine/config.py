@@ -24,62 +24,83 @@ def check_amp(amp: str) -> str:
     return amp
 
 
+def opt(default: Any = None, help: str = "", *, factory: Any = None, **cli: Any) -> Any:
+    """A config field with its command-line help (and argparse extras such as ``choices``) as metadata.
+
+    ``resnetlab train`` builds one flag per field from this metadata, so the CLI and the config
+    cannot drift apart.
+    """
+    meta = {"help": help, **cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on. ``None`` means "derive it" (from recipe, model or data)."""
 
     # What to train, on what.
-    model: str = "resnet20"
-    model_args: dict[str, Any] = field(default_factory=dict)
-    data: str | None = None
-    val_split: int = 0
-    subset: int = 0
+    model: str = opt("resnet20", "model name (`resnetlab models`)")
+    model_args: dict[str, Any] = opt(help="constructor overrides (on the command line: --model-arg KEY=VALUE)",
+                                     factory=dict)
+    data: str | None = opt(None, "cifar10, cifar100, a CIFAR archive/folder, IDX folder or image folder; "
+                                 "default: CIFAR-10 if cached or downloadable, else the bundled sample")
+    val_split: int = opt(0, "hold out N training images (stratified) as validation")
+    subset: int = opt(0, "train on N images (stratified) for a quick run")
     # Seeds which images --val-split holds out and --subset keeps, apart from ``seed`` (init, order,
     # augmentation): runs that differ only in ``seed`` are scored on the same held-out images, as the
     # paper's Table 6 runs are on one test set.
-    split_seed: int = 0
-    image_size: int | None = None
-    init: str | None = None  # weights to start from (fine-tuning)
+    split_seed: int = opt(0, "seeds which images --val-split holds out and --subset keeps (whatever --seed is)")
+    image_size: int | None = opt(None, "crop size for large-image folders (default 224)")
+    init: str | None = opt(None, "start from these weights: a checkpoint, shipped weights' name, "
+                                 "torchvision/timm state dict or safetensors")
 
     # Optimisation (paper Sec. 3.4 / 4.2: SGD, momentum 0.9, weight decay 1e-4, batch 128).
-    recipe: str = "paper-cifar"
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    decay_norm_and_bias: bool = True  # False: no weight decay on BN parameters and biases
-    label_smoothing: float = 0.0
+    recipe: str = opt("paper-cifar", "training recipe (`resnetlab recipes`); flags override it field by field")
+    batch_size: int = opt(128, "global batch size")
+    lr: float = opt(0.1, "peak learning rate")
+    momentum: float = opt(0.9, "SGD momentum")
+    nesterov: bool = opt(False, "Nesterov momentum")
+    weight_decay: float = opt(1e-4, "L2 weight decay")
+    decay_norm_and_bias: bool = opt(True, "weight decay on BN parameters and biases too (--no-...: conv/fc only)")
+    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy")
 
     # Schedule: the length is ``iters`` or ``epochs`` (one of them); milestones are fractions of it.
-    iters: int | None = 64_000
-    epochs: float | None = None
-    schedule: str = "step"  # "step" | "cosine" | "linear"
-    milestones: tuple[float, ...] = (0.5, 0.75)  # 32k and 48k of 64k (paper Sec. 4.2)
-    gamma: float = 0.1
-    warmup_iters: int = 0
-    warmup_lr: float | None = None  # constant warm-up lr; None = linear ramp to ``lr``
-    warmup_min_depth: int = 0  # apply the warm-up only to networks at least this deep
+    iters: int | None = opt(64_000, "run length in iterations (replaces the recipe's length)")
+    epochs: float | None = opt(None, "run length in epochs (replaces the recipe's length)")
+    schedule: str = opt("step", "learning-rate schedule", choices=("step", "cosine", "linear"))
+    milestones: tuple[float, ...] = opt((0.5, 0.75), "step schedule: fractions of the run where lr is "
+                                                     "multiplied by --gamma (32k and 48k of 64k, Sec. 4.2)")
+    gamma: float = opt(0.1, "step schedule: lr factor at each milestone")
+    warmup_iters: int = opt(0, "warm-up iterations")
+    warmup_lr: float | None = opt(None, "constant warm-up lr (Sec. 4.2: 0.01); unset: a linear ramp to --lr")
+    warmup_min_depth: int = opt(0, "warm up only networks at least this deep (Sec. 4.2: 110)")
 
-    # Data augmentation.
     # Input normalisation: "channel" (mean/std per channel, computed on the training images) or
     # "pixel-mean" (subtract the training images' mean image, the 2015 paper's Sec. 4.2 for CIFAR).
-    normalize: str = "channel"
-    augment: str = "crop-flip"  # "crop-flip" (pad and crop, flip), "rrc-flip" (scale augmentation), "none"
-    pad: int = 4
+    normalize: str = opt("channel", "input normalisation", choices=("channel", "pixel-mean"))
+    # Data augmentation.
+    augment: str = opt("crop-flip", "crop-flip (pad and crop, flip), rrc-flip (scale augmentation) or none",
+                       choices=("crop-flip", "rrc-flip", "none"))
+    pad: int = opt(4, "zero padding of crop-flip's random crops (Sec. 4.2: 4)")
 
     # Runtime.
-    device: str = "auto"
-    channels_last: bool | None = None  # None: on where it is faster (measured: CPU and CUDA)
-    amp: str | None = None  # "bf16" | "fp16" | "none"; None: bf16 where supported
-    compile: bool = False
-    seed: int = 0
-    workers: int = 2
-    eval_every: int | None = None  # iterations between evaluations; None: about 20 per run, at most once an epoch
-    out: str | None = None
-    resume: str | None = None
-    sync_bn: bool = False
-    tta_flip: bool = False  # evaluate on the image and its mirror, averaged
+    device: str = opt("auto", "where to train", choices=("auto", "cpu", "cuda"))
+    channels_last: bool | None = opt(None, "NHWC memory format (default: on, measured faster on CPU and CUDA)")
+    amp: str | None = opt(None, "autocast dtype (default: the faster measured on this hardware)",
+                          choices=AMP_CHOICES)
+    compile: bool = opt(False, "torch.compile the model")
+    seed: int = opt(0, "seeds the initial weights, batch order and augmentation")
+    workers: int = opt(2, "DataLoader workers for large-image folders")
+    eval_every: int | None = opt(None, "iterations between evaluations (default: about 20 per run, "
+                                       "at most once an epoch)")
+    out: str | None = opt(None, "run folder (default runs/<model>-<timestamp>)")
+    resume: str | None = opt(None, "continue the run in DIR from its last checkpoint; 'auto': continue --out "
+                                   "if it holds one, else start there (for torchrun --max-restarts)",
+                             metavar="DIR")
+    sync_bn: bool = opt(False, "SyncBatchNorm under torchrun")
+    tta_flip: bool = opt(False, "evaluate on the image and its mirror, averaged")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed (unknown names are a clear error)."""
