@@ -140,7 +140,7 @@ def test_onnx_of_checkpoint_predicts_same_topk(tmp_path: Path, checkpoint20: Pat
 
     meta = read_onnx_metadata(out)
     assert meta["classes"] == list("abcdefghij") and meta["model"]["name"] == "resnet20"
-    assert meta["normalization"] == {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3]} and meta["bn_folded"]
+    assert meta["normalization"] == {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3], "kind": "channel"} and meta["bn_folded"]
 
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
     model = model_from_checkpoint(load_checkpoint(checkpoint20))
@@ -204,10 +204,11 @@ def test_export_rejects_unknown_extension_and_bad_batch(tmp_path: Path, capsys) 
         ("resnet20", {}, 19, 0, ("layer1.0.conv1", "layer1.0.bn1")),
         ("resnet", {"depth": 11, "block": "bottleneck", "shortcut": "B"}, 13, 0,
          ("layer1.0.downsample.0", "layer1.0.downsample.1")),
-        # Pre-activation: bn1 precedes conv1 (and feeds the shortcut), so only conv1->bn2 (and conv2->bn3) fold.
-        ("preact_resnet", {"depth": 8, "block": "basic"}, 3, 4, ("layer1.0.conv1", "layer1.0.bn2")),
-        ("preact_resnet", {"depth": 11}, 6, 4, ("layer2.0.conv2", "layer2.0.bn3")),
-        ("preact_resnet18", {"width": 0.25}, 9, 9, ("conv1", "bn1")),
+        # Pre-activation: bn1 precedes conv1 (and feeds the shortcut), so only conv1->bn2 (and conv2->bn3) fold,
+        # plus the stem's conv1->bn1 (the first unit's pre-activation, He et al. 2016 appendix).
+        ("preact_resnet", {"depth": 8, "block": "basic"}, 4, 3, ("layer1.0.conv1", "layer1.0.bn2")),
+        ("preact_resnet", {"depth": 11}, 7, 3, ("layer2.0.conv2", "layer2.0.bn3")),
+        ("preact_resnet18", {"width": 0.25}, 9, 8, ("conv1", "bn1")),
     ],
 )
 def test_fuse_bn_parity(name: str, overrides: dict, folds: int, left: int, pair: tuple[str, str]) -> None:
@@ -312,7 +313,7 @@ def test_checkpoint_safetensors_checkpoint_round_trip(tmp_path: Path, checkpoint
     assert main(["convert", str(tmp_path / "r20.safetensors"), str(tmp_path / "r20.pt")]) == 0
     ckpt = load_checkpoint(tmp_path / "r20.pt")
     assert ckpt["model"]["name"] == "resnet20" and ckpt["classes"] == list("abcdefghij")
-    assert ckpt["normalization"] == {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3]}
+    assert ckpt["normalization"] == {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3], "kind": "channel"}
     original = load_checkpoint(checkpoint20)["state_dict"]
     assert all(torch.equal(ckpt["state_dict"][k], v) for k, v in original.items())
 

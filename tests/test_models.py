@@ -205,3 +205,60 @@ def test_public_api() -> None:
     assert "resnet56" in resnetlab.list_models() and "resnext101_64x4d" in resnetlab.list_models()
     for cls in (resnetlab.BasicBlock, resnetlab.Bottleneck, resnetlab.PreActBasicBlock, resnetlab.PreActBottleneck):
         assert cls.expansion in (1, 4)
+
+
+# ------------------------------------------------------------------ pre-activation unit order (He et al. 2016)
+
+
+def _bn(m: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+
+
+def _conv(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.conv2d(x, m.weight, None, m.stride, m.padding)
+
+
+def _paper_preact_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The 2016 paper's order, written from its text with functional ops and the model's own parameters.
+
+    Appendix: "for the first Residual Unit (that follows a stand-alone convolutional layer, conv1), we adopt
+    the first activation right after conv1 and before splitting into two paths"; every other unit is
+    Fig. 4(e): BN-ReLU-conv (twice, or three times in a bottleneck) on the residual path, the identity (or a
+    projection of the activated input) on the shortcut, a plain sum; BN-ReLU after the last unit (Fig. 5).
+    """
+    relu = torch.relu
+    h = _conv(model.conv1, x)
+    h = relu(_bn(model.bn1, h))  # the first activation, before the split
+    if isinstance(model.maxpool, nn.MaxPool2d):
+        h = model.maxpool(h)
+    first = True
+    for name in model.stage_names:
+        for unit in getattr(model, name):
+            a = h if first else relu(_bn(unit.bn1, h))
+            convs = [unit.conv1, unit.conv2] + ([unit.conv3] if hasattr(unit, "conv3") else [])
+            bns = [unit.bn2] + ([unit.bn3] if hasattr(unit, "bn3") else [])
+            r = _conv(convs[0], a)
+            for bn, conv in zip(bns, convs[1:]):
+                r = _conv(conv, relu(_bn(bn, r)))
+            shortcut = h if unit.downsample is None else unit.downsample(a)
+            h, first = r + shortcut, False
+    h = relu(_bn(model.final_bn, h))
+    return model.fc(torch.flatten(model.avgpool(h), 1))
+
+
+@pytest.mark.parametrize("name,overrides,size", [
+    ("preact_resnet110", {}, 32), ("preact_resnet", {"depth": 20, "block": "basic", "shortcut": "A"}, 32),
+    ("preact_resnet164", {}, 32), ("preact_resnet18", {"width": 0.25}, 64), ("preact_resnet50", {"width": 0.25}, 64),
+])
+def test_preact_units_follow_the_2016_paper(name: str, overrides: dict, size: int) -> None:
+    from test_export import randomize_bn
+
+    torch.manual_seed(0)
+    model = randomize_bn(create_model(name, num_classes=10, **overrides))
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert torch.allclose(model(x), _paper_preact_forward(model, x), rtol=1e-4, atol=1e-5)
+    # BN-ReLU is applied once between conv1 and the first unit, not twice (stem and unit).
+    first = model.layer1[0]
+    assert isinstance(first.bn1, nn.Identity) and isinstance(model.bn1, nn.BatchNorm2d)
+    assert isinstance(model.layer1[1].bn1, nn.BatchNorm2d)

@@ -179,19 +179,28 @@ def test_split_seed_not_seed_picks_the_held_out_images(tmp_path: Path, monkeypat
 
 
 def test_overfit_one_batch(tmp_path: Path) -> None:
-    """A residual net must drive the training error on 32 fixed images to zero."""
-    cfg = tiny(tmp_path, subset=32, batch_size=32, iters=40, eval_every=40, lr=0.05, milestones=(),
+    """A residual net must drive the training error on 32 fixed images to zero.
+
+    60 iterations, not 40: paper-cifar subtracts the per-pixel mean without dividing by a std, so
+    its inputs are ~4x smaller than per-channel-normalised ones and the first steps move less; at 40
+    the eval-mode net (BN running statistics still lagging the weights) got 78-84% of the batch right
+    depending on the thread count, at 60 all of it with 1 or 2 threads, AVX-512 or AVX2 kernels.
+    """
+    cfg = tiny(tmp_path, subset=32, batch_size=32, iters=60, eval_every=60, lr=0.05, milestones=(),
                weight_decay=0.0, augment="none")
     result = train(cfg)
-    assert result.history[-1]["train_err"] < 0.3  # averaged over all 40 iterations
+    assert result.history[-1]["train_err"] < 0.3  # averaged over all 60 iterations
     # The final model classifies the very batch it saw, without augmentation, perfectly.
     raw = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     model = ckpt_mod.model_from_checkpoint(raw).eval()
     from resnetlab.data import open_data
 
     data = open_data(SAMPLE, subset=32, seed=cfg.split_seed, log=lambda _m: None)
-    x = (data.train.images.float() / 255 - torch.tensor(data.mean).view(1, 3, 1, 1)) / torch.tensor(
-        data.std).view(1, 3, 1, 1)
+    # Normalise with what the checkpoint carries (paper-cifar: the per-pixel mean image, Sec. 4.2).
+    from resnetlab.data.loader import norm_tensor
+
+    norm = raw["normalization"]
+    x = (data.train.images.float() / 255 - norm_tensor(norm["mean"])) / norm_tensor(norm["std"])
     with torch.no_grad():
         assert (model(x).argmax(1) == data.train.labels).float().mean() == 1.0
 
@@ -282,3 +291,28 @@ def test_large_images_stream_through_dataloader_workers(tmp_path: Path) -> None:
 
     res = evaluate_checkpoint(str(tmp_path / "run" / "last.pt"), str(tmp_path / "imgs"), device="cpu", workers=0)
     assert res["n"] == 8 and sum(map(sum, res["confusion"])) == 8  # the val/ split, resized and centre-cropped
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "emulated-bf16"])
+def test_default_precision_follows_the_capability_check(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from resnetlab import hardware
+    from resnetlab.engine.train import fast_defaults, precision_note
+
+    monkeypatch.setenv(hardware.ENV_VAR, "1" if native else "0")
+    cfg = recipe_config("paper-cifar")
+    amp = fast_defaults(cfg, torch.device("cpu"))[1]
+    assert amp == ("bf16" if native else "none")
+    note = precision_note(cfg, torch.device("cpu"), amp)
+    assert note.startswith("precision: bf16 autocast, the default" if native else "precision: fp32, the default")
+    assert "RESNETLAB_NATIVE_BF16=" in note
+    assert precision_note(cfg.replace(amp="none"), torch.device("cpu"), "none") == "precision: fp32 (--amp none)"
+
+
+def test_fp16_trains_with_a_grad_scaler_kept_in_the_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    result = train(tiny(tmp_path, amp="fp16", iters=4))
+    assert result.status == "completed"
+    assert "precision: fp16 autocast with a GradScaler (--amp fp16)" in capsys.readouterr().out
+    raw = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert raw["grad_scaler"]["scale"] > 1.0  # the loss was scaled; 2**16 unless a step overflowed
+    assert "grad_scaler" not in torch.load(train(tiny(tmp_path, "bf16", amp="bf16", iters=4)).out_dir / "last.pt",
+                                           weights_only=False)

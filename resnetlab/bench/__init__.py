@@ -6,10 +6,10 @@ match the ``eager-fp32`` reference, and times them interleaved against the machi
 own measured matmul peak. See ``docs/benchmarks.md`` for results on the project's machine.
 """
 
-from .modes import DEFAULT, MODES, REFERENCE, Mode, default_mode, modes_for, resolve_modes
+from .modes import DEFAULT, MODES, REFERENCE, Mode, default_mode, default_modes, emulated, modes_for, resolve_modes
 from .runner import TOLERANCE, BenchResult, ModeResult, format_result, matmul_peak, run_bench
 
 __all__ = [
     "DEFAULT", "MODES", "REFERENCE", "TOLERANCE", "BenchResult", "Mode", "ModeResult", "default_mode",
-    "format_result", "matmul_peak", "modes_for", "resolve_modes", "run_bench",
+    "default_modes", "emulated", "format_result", "matmul_peak", "modes_for", "resolve_modes", "run_bench",
 ]

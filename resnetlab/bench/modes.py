@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UserError
+from ..hardware import native_bf16
 
 TASKS = ("train", "infer")
 REFERENCE = "eager-fp32"
@@ -107,15 +108,41 @@ def modes_for(task: str, device_type: str | None = None) -> list[str]:
     return [m.name for m in MODES if task in m.tasks and device_type in (None, *m.devices)] + [DEFAULT]
 
 
+def emulated(mode: Mode, device: torch.device) -> bool:
+    """True for a bf16 mode on a device without native bf16 (it runs, converting to fp32 and back, slowly)."""
+    return mode.amp == "bf16" and not native_bf16(device)
+
+
+def default_modes(task: str, device: torch.device) -> list[str]:
+    """The modes ``resnetlab bench`` runs without ``--modes``: those that can win on this hardware.
+
+    Left out (still available by name, or all at once with ``--modes all``): bf16 where it is
+    emulated, and on a CPU the compile modes, which take minutes to compile and measured no
+    faster than eager there (docs/benchmarks.md); on CUDA only CUDA graphs beat eager at
+    CIFAR batch sizes, so the CUDA-graph mode stays in.
+    """
+    keep = []
+    for m in MODES:
+        if task not in m.tasks or device.type not in m.devices or emulated(m, device):
+            continue
+        if m.compile and not (device.type == "cuda" and m.cudagraphs):
+            continue
+        keep.append(m.name)
+    return keep + [DEFAULT]
+
+
 def resolve_modes(task: str, names: list[str] | None, device: torch.device) -> list[Mode]:
-    """The modes to run for ``task``: ``names`` (all of the task's modes when None), the reference always first.
+    """The modes to run for ``task``: ``names`` (:func:`default_modes` when None, every mode for ``["all"]``),
+    the reference always first.
 
     Unknown names and modes that do not apply to the task are a :class:`UserError`;
     ``default`` becomes the concrete flags of :func:`default_mode`.
     """
     if task not in TASKS:
         raise UserError(f"unknown benchmark task {task!r}; use train or infer")
-    wanted = modes_for(task, device.type) if not names else list(dict.fromkeys(names))
+    if names == ["all"]:
+        names = modes_for(task, device.type)
+    wanted = default_modes(task, device) if not names else list(dict.fromkeys(names))
     by_name = {m.name: m for m in MODES}
     resolved = []
     for name in wanted:

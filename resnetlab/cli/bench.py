@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 from ..errors import UserError
 from .common import parse_input_size
@@ -26,8 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="default 128 for train, 16 for infer")
     p.add_argument("--input-size", help="C x H x W, e.g. 3x224x224 (default: the model's native size)")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"], help="default auto")
-    p.add_argument("--modes", help="comma-separated modes (default: all for the task; see --list-modes); "
-                                   "eager-fp32 is always included as the reference")
+    p.add_argument("--modes", help="comma-separated modes, or 'all' (default: the modes that can win on this "
+                                   "hardware, marked * by --list-modes: no compile modes on a CPU, no emulated "
+                                   "bf16); eager-fp32 is always included as the reference")
     p.add_argument("--list-modes", action="store_true", help="print the modes and exit")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per mode; the median is reported")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds per timed repeat (default 1)")
@@ -41,17 +44,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ..bench import MODES, format_result, modes_for, resolve_modes, run_bench
+    from ..bench import MODES, default_mode, default_modes, emulated, format_result, modes_for, resolve_modes, run_bench
     from ..engine.distributed import resolve_device
 
     device = resolve_device(args.device)
     if args.list_modes:
-        from ..bench import default_mode
-
         known = {m.name: m for m in MODES}
+        chosen = default_modes(args.task, device)
+        print(f"modes of `bench {args.task}` on {device.type} (* = run by default):")
         for name in modes_for(args.task):
             mode = known.get(name) or default_mode(device)
-            print(f"{name:<34}{mode.description}")
+            note = " [bf16 emulated on this CPU: slow]" if emulated(mode, device) else ""
+            print(f"{'*' if name in chosen else ' '} {name:<34}{mode.description}{note}")
         return 0
     batch = args.batch_size if args.batch_size is not None else DEFAULT_BATCH[args.task]
     if batch < 1:
@@ -63,15 +67,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads must be at least 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
     names = [n.strip() for n in args.modes.split(",") if n.strip()] if args.modes else None
     modes = resolve_modes(args.task, names, device)
+    for mode in modes:
+        if emulated(mode, device):
+            print(f"bench: note: {mode.name} runs bf16 emulated on this CPU (no AVX512-BF16/AMX): expect it slow",
+                  file=sys.stderr)
     size = parse_input_size(args.input_size) if args.input_size else None
     log = (lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
-    result = run_bench(args.task, args.model, modes, device=device, batch_size=batch, input_size=size,
-                       repeats=args.repeats, min_time=args.min_time, warmup=args.warmup,
-                       peak_size=args.peak_size, profile_steps=args.profile, log=log)
+    with _threads(args.threads):
+        result = run_bench(args.task, args.model, modes, device=device, batch_size=batch, input_size=size,
+                           repeats=args.repeats, min_time=args.min_time, warmup=args.warmup,
+                           peak_size=args.peak_size, profile_steps=args.profile, log=log)
     print(json.dumps(result.to_dict()) if args.json else format_result(result))
     return 0 if result.agree else 1
+
+
+@contextmanager
+def _threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU thread count set to ``threads`` for the benchmark and restored after it (the process may
+    be a test session or a notebook that goes on)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

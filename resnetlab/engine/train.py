@@ -29,6 +29,7 @@ from torch import nn
 
 from ..data import DataBundle, MemoryLoader, StreamLoader, open_data, with_normalization
 from ..errors import UserError
+from ..hardware import bf16_support, native_bf16
 from ..models import create_model
 from ..models.profile import count_layers
 from . import distributed
@@ -70,23 +71,34 @@ def fast_defaults(cfg: TrainConfig, device: torch.device) -> tuple[bool, str]:
     """channels_last and autocast dtype, where unset: the settings measured fastest per device.
 
     channels_last everywhere: oneDNN (CPU) and cuDNN (tensor cores) run NHWC convolutions
-    fastest. bf16 autocast wherever the hardware computes in bf16 natively: CUDA GPUs with
-    bf16 (fp16 before Ampere) and CPUs with AVX512-BF16 or AMX. On the project's AVX512-BF16
-    CPU (``resnetlab bench``, docs/benchmarks.md, one thread, interleaved repeats) bf16 made
-    the ResNet-20/56 batch-128 training step 1.4-1.6x faster than channels_last fp32 without
-    compile, and torch.compile added nothing on top, so bf16 no longer waits for
-    ``--compile``. CPUs without native bf16 would emulate it, so they stay fp32.
+    fastest. bf16 autocast wherever the hardware computes in bf16 natively
+    (:func:`resnetlab.hardware.native_bf16`): CUDA GPUs with bf16 (fp16 before Ampere) and CPUs
+    with AVX512-BF16 or AMX. On the project's AVX512-BF16 CPU (``resnetlab bench``,
+    docs/benchmarks.md, one thread, interleaved repeats) bf16 made the ResNet-20/56 batch-128
+    training step 1.4-1.6x faster than channels_last fp32 without compile. CPUs without native
+    bf16 would emulate it, several times slower than fp32, so they stay fp32.
     """
     channels_last = True if cfg.channels_last is None else cfg.channels_last
     if cfg.amp is not None:
         return channels_last, check_amp(cfg.amp)
     if device.type == "cuda":
-        return channels_last, "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    try:  # Linux x86 reports the instruction sets; elsewhere (macOS, ARM) assume no native bf16
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        flags = set()
-    return channels_last, "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "none"
+        return channels_last, "bf16" if native_bf16(device) else "fp16"
+    return channels_last, "bf16" if native_bf16(device) else "none"
+
+
+def precision_note(cfg: TrainConfig, device: torch.device, amp: str) -> str:
+    """One line saying which precision a run uses and why (the first lines of ``resnetlab train``)."""
+    what = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast with a GradScaler"}[amp]
+    if cfg.amp is not None:
+        return f"precision: {what} (--amp {cfg.amp})"
+    support = bf16_support(device)
+    if amp == "bf16":
+        why = f"{support.reason}: bf16 computes natively, measured faster than fp32 by `resnetlab bench train`"
+    elif amp == "fp16":
+        why = f"{support.reason}; fp16 tensor cores instead"
+    else:
+        why = support.reason
+    return f"precision: {what}, the default on this {device.type} ({why}; --amp to choose)"
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict[str, Any]]:
@@ -276,6 +288,7 @@ def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: 
         model = distributed.convert_sync_batchnorm(model, device)
 
     channels_last, amp = fast_defaults(cfg, device)
+    log(precision_note(cfg, device, amp))
     train_loader, val_loader = make_loaders(data, cfg, device, channels_last, info)
     steps_per_epoch = len(train_loader)
     schedule = resolve_schedule(cfg, steps_per_epoch, count_layers(unwrap(model)))
@@ -289,10 +302,15 @@ def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: 
         lr=schedule.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
     )
 
+    # fp16's 5-bit exponent underflows small gradients; the loss is scaled up and the step skipped on
+    # overflow (torch.amp.GradScaler). bf16 has fp32's exponent and needs no scaler.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     step, wall_before, best = 0, 0.0, None
     if resume_ckpt is not None:
         load_weights(unwrap(model), resume_ckpt["state_dict"], source=f"{cfg.resume}/last.pt")
         optimizer.load_state_dict(resume_ckpt["optimizer"])
+        if resume_ckpt.get("grad_scaler"):
+            scaler.load_state_dict(resume_ckpt["grad_scaler"])
         step = int(resume_ckpt["step"])
         wall_before = float(resume_ckpt.get("wall_time", 0.0))
         best = resume_ckpt.get("best")
@@ -344,6 +362,8 @@ def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: 
             rng={"torch": torch.get_rng_state()}, config=resolved, best=best, metrics=last_record,
             wall_time=wall_before + (time.perf_counter() - started),
         )
+        if scaler.is_enabled():
+            state["grad_scaler"] = scaler.state_dict()
         atomic_save(state, out_dir / path_name)
 
     log(
@@ -372,8 +392,9 @@ def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: 
                 logits = forward(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()  # the identity unless fp16
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             with torch.no_grad():
                 sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) != y).sum().double(),

@@ -208,7 +208,10 @@ class PreActBasicBlock(nn.Module):
 
     The shortcut path carries the sum untouched (no ReLU after the addition), which
     is the point of the 2016 paper: a clean identity path for signal and gradient.
-    A projection shortcut reads the pre-activated input, as in the authors' code.
+    A projection shortcut reads the pre-activated input, as in the authors' code. In a
+    network's first unit ``bn1``/``relu1`` are identities: the stem's BN-ReLU right after
+    conv1 is that unit's pre-activation, applied before the split into both paths
+    (He et al. 2016, appendix), so its shortcut also carries the activated input.
     """
 
     expansion: int = 1
@@ -233,9 +236,10 @@ class PreActBasicBlock(nn.Module):
         if groups != 1 or base_width != 64:
             raise ValueError("PreActBasicBlock only supports groups=1 and base_width=64")
         self.bn1 = norm_layer(inplanes)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu1 = nn.ReLU(inplace=True)  # bn1's own ReLU, so the network's first unit can hand both to the stem
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn2 = norm_layer(planes)
+        self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
         self.downsample = downsample
         self.residual = residual
@@ -247,7 +251,7 @@ class PreActBasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.bn1(x)
-        out = self.relu(out)
+        out = self.relu1(out)
         # Projections (and option A) see the activated input; pure identity sees x itself.
         identity = self.downsample(out) if self.downsample is not None else x
 
@@ -286,6 +290,7 @@ class PreActBottleneck(nn.Module):
         width = int(planes * (base_width / 64.0)) * groups
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.bn1 = norm_layer(inplanes)
+        self.relu1 = nn.ReLU(inplace=True)  # bn1's own ReLU, so the network's first unit can hand both to the stem
         self.conv1 = conv1x1(inplanes, width, stride_1x1)
         self.bn2 = norm_layer(width)
         self.conv2 = conv3x3(width, width, stride_3x3, groups, dilation)
@@ -302,7 +307,7 @@ class PreActBottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.bn1(x)
-        out = self.relu(out)
+        out = self.relu1(out)
         identity = self.downsample(out) if self.downsample is not None else x
 
         out = self.conv1(out)

@@ -142,15 +142,17 @@ class ResNet(nn.Module):
         stem_width = widths[0] if stem == "cifar" else max(1, int(round(64 * width)))
         self.preact = bool(block.preact)
 
-        # Stem. Pre-activation CIFAR nets start with a bare conv: the first unit's
-        # BN-ReLU acts on it "right after conv1" (He et al. 2016, Sec. 4.1 / appendix).
+        # Stem: conv1, BN, ReLU (and a max-pool on ImageNet) for every family. In pre-activation
+        # nets this BN-ReLU is the first unit's pre-activation: "for the first Residual Unit (that
+        # follows a stand-alone convolutional layer, conv1), we adopt the first activation right
+        # after conv1 and before splitting into two paths" (He et al. 2016, appendix); the unit's
+        # own bn1/relu1 are removed below so it is applied once, to both paths.
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, stem_width, kernel_size=7, stride=2, padding=3, bias=False)
         else:
             self.conv1 = nn.Conv2d(in_chans, stem_width, kernel_size=3, stride=1, padding=1, bias=False)
-        bare_stem = self.preact and stem == "cifar"
-        self.bn1 = nn.Identity() if bare_stem else norm(stem_width)
-        self.relu = nn.Identity() if bare_stem else nn.ReLU(inplace=True)
+        self.bn1 = norm(stem_width)
+        self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
 
         # Stages: resolution halves and width doubles at the start of each stage after the first.
@@ -163,6 +165,8 @@ class ResNet(nn.Module):
                 shortcut=shortcut, residual=residual, groups=groups, base_width=width_per_group,
                 stride_in_1x1=stride_in_1x1, norm_layer=norm,
             )
+            if self.preact and i == 0:
+                stage[0].bn1, stage[0].relu1 = nn.Identity(), nn.Identity()  # the stem's BN-ReLU, see above
             name = f"layer{i + 1}"
             self.add_module(name, stage)
             self.stage_names.append(name)

@@ -1,0 +1,65 @@
+"""The one place that decides what the hardware can do fast.
+
+Every hardware-dependent choice in the project (the default precision of ``resnetlab train``,
+the bench's default modes, the "emulated" label on a mode) asks :func:`native_bf16`, so a test
+can force either answer with ``monkeypatch`` or the environment variable below, and no test
+depends on the CPU it happens to run on.
+
+Why it matters: on a CPU with AVX512-BF16 or AMX, oneDNN computes bf16 convolutions natively and
+bf16 autocast makes a ResNet-20 training step 1.4-1.6x faster than fp32 (docs/benchmarks.md).
+On an AVX2-only CPU (AMD Zen 3, older Intel) bf16 is emulated by converting to fp32 and back,
+and the same step is several times *slower* than fp32.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# "1" or "0" forces the answer for CPUs: to reproduce an AVX2 machine's choices on an AVX-512 one
+# (RESNETLAB_NATIVE_BF16=0; add ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 for its kernels too).
+ENV_VAR = "RESNETLAB_NATIVE_BF16"
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo names of native bf16 arithmetic
+
+
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags Linux reports for this CPU (empty where there is no /proc/cpuinfo)."""
+    try:
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return frozenset()
+
+
+@dataclass(frozen=True)
+class Bf16Support:
+    """Whether a device computes bf16 natively, and the reason in words."""
+
+    native: bool
+    reason: str
+
+
+def cpu_bf16() -> Bf16Support:
+    """bf16 on this CPU: native with AVX512-BF16 or AMX, emulated otherwise; ``RESNETLAB_NATIVE_BF16`` overrides."""
+    forced = os.environ.get(ENV_VAR, "").strip()
+    if forced in ("0", "1"):
+        return Bf16Support(forced == "1", f"{ENV_VAR}={forced}")
+    found = sorted(cpu_flags() & BF16_FLAGS)
+    if found:
+        return Bf16Support(True, f"the CPU has {'/'.join(f.upper() for f in found)}")
+    return Bf16Support(False, "the CPU has no AVX512-BF16 or AMX, so bf16 would be emulated (slower than fp32)")
+
+
+def bf16_support(device: torch.device) -> Bf16Support:
+    """bf16 on ``device``: CUDA asks the driver (Ampere and later), CPUs go through :func:`cpu_bf16`."""
+    if device.type == "cuda":
+        native = bool(torch.cuda.is_bf16_supported())
+        return Bf16Support(native, "the GPU supports bf16" if native else "the GPU has no bf16 (before Ampere)")
+    return cpu_bf16()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """True where bf16 autocast runs natively on ``device`` (the capability check every choice goes through)."""
+    return bf16_support(device).native
