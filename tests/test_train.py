@@ -316,3 +316,27 @@ def test_fp16_trains_with_a_grad_scaler_kept_in_the_checkpoint(tmp_path: Path, c
     assert raw["grad_scaler"]["scale"] > 1.0  # the loss was scaled; 2**16 unless a step overflowed
     assert "grad_scaler" not in torch.load(train(tiny(tmp_path, "bf16", amp="bf16", iters=4)).out_dir / "last.pt",
                                            weights_only=False)
+
+
+def test_evaluate_without_data_prints_exactly_the_error_the_run_logged(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    """fast-cifar (flip TTA, the machine's default precision) with a held-out split: `evaluate best.pt`
+    rebuilds the split from the checkpoint and reproduces the logged validation error and loss exactly."""
+    cfg = recipe_config("fast-cifar", data=SAMPLE, subset=400, val_split=100, split_seed=5, batch_size=50,
+                        iters=12, eval_every=4, epochs=None, out=str(tmp_path / "run"), device="cpu", seed=1)
+    train(cfg)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    best = min((r for r in lines if "val_top1_err" in r), key=lambda r: r["val_top1_err"])
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run" / "best.pt"), "--json", "--device", "cpu"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n"] == 100 and res["tta_flip"] is True and "split seed 5" in res["data"]
+    assert res["top1_err"] == best["val_top1_err"] and res["loss"] == best["val_loss"]
+    assert main(["evaluate", str(tmp_path / "run" / "best.pt"), "--json", "--no-tta-flip", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["tta_flip"] is False
+
+
+def test_evaluate_without_data_needs_a_run_with_a_split(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    train(tiny(tmp_path))  # evaluated on the sample's test/ folder, no --val-split
+    assert main(["evaluate", str(tmp_path / "run" / "last.pt")]) == 2
+    assert "not trained with a held-out validation split" in capsys.readouterr().err

@@ -13,13 +13,16 @@ from ..engine.config import AMP_CHOICES
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="top-1/top-5, loss, per-class accuracy and confusion matrix of a checkpoint")
-    p.add_argument("checkpoint", help="best.pt / last.pt, or a run folder")
-    p.add_argument("--data", required=True, help="data to evaluate on (its test/val split if it has one)")
+    p.add_argument("checkpoint", help="best.pt / last.pt, a run folder, or the name of shipped weights")
+    p.add_argument("--data", help="data to evaluate on (its test/val split if it has one); default: the run's own "
+                                  "held-out validation split, evaluated as training did (prints the error it logged)")
+    p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average the logits of each image and its mirror (default: as the run was trained)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plots", metavar="DIR", nargs="?", const=".", help="write confusion.png (into DIR)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="with --data (the run's split uses the run's)")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
-    add_speed_flags(p)
+    add_speed_flags(p, default=None, default_text="fp32 with --data; the run's own without")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="class names and probabilities for image files")
@@ -32,11 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def add_speed_flags(p: argparse.ArgumentParser) -> None:
+def add_speed_flags(p: argparse.ArgumentParser, default: str | None = "none",
+                    default_text: str = "none: fp32, the reference numbers") -> None:
     """--amp and --channels-last: the fast inference path, off by default so the numbers are fp32's."""
-    p.add_argument("--amp", default="none", choices=AMP_CHOICES,
-                   help="autocast dtype for the forward pass (default none: fp32, the reference numbers)")
-    p.add_argument("--channels-last", action="store_true", help="run the model in NHWC memory format")
+    p.add_argument("--amp", default=default, choices=AMP_CHOICES,
+                   help=f"autocast dtype for the forward pass (default {default_text})")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None if default is None else False,
+                   help="run the model in NHWC memory format")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -45,13 +50,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # With --json, stdout carries the JSON object alone: progress lines go to stderr.
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         res = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device,
-                                  amp=args.amp, channels_last=args.channels_last)
+                                  amp=args.amp, channels_last=args.channels_last, tta_flip=args.tta_flip)
     if args.plots is not None:
         res["confusion_png"] = str(plot_confusion(res, Path(args.plots)))
     if args.json:
         print(json.dumps(res))
         return 0
-    print(f"{res['n']} images from {res['data']}: top-1 {res['top1'] * 100:.2f}% "
+    how = f"{'fp32' if res['amp'] == 'none' else res['amp']}{', flip TTA' if res['tta_flip'] else ''}"
+    print(f"{res['n']} images from {res['data']} ({how}): top-1 {res['top1'] * 100:.2f}% "
           f"(error {res['top1_err'] * 100:.2f}%), top-5 {res['top5'] * 100:.2f}%, loss {res['loss']:.4f}")
     width = max(len(c) for c in res["classes"])
     for name, acc in zip(res["classes"], res["per_class"]):

@@ -13,11 +13,11 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from ..data import ArrayDataset, MemoryLoader, StreamLoader, load_eval_split
+from ..data import ArrayDataset, MemoryLoader, StreamLoader, load_eval_split, open_data
 from ..data import transforms as T
 from ..errors import UserError
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .config import check_amp
+from .config import check_amp, saved_split_seed
 from .distributed import resolve_device
 from .evaluate import autocast, evaluate
 
@@ -33,15 +33,24 @@ def _inference_model(ckpt: dict[str, Any], dev: torch.device, amp: str, channels
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def evaluate_checkpoint(path: str, data: str, *, batch_size: int = 256, device: str = "auto",
-                        workers: int = 2, amp: str = "none", channels_last: bool = False,
-                        log=print) -> dict[str, Any]:
-    """Top-1/top-5, loss, per-class accuracy and confusion matrix of a checkpoint on ``data``'s evaluation split.
+def evaluate_checkpoint(path: str, data: str | None, *, batch_size: int = 256, device: str = "auto",
+                        workers: int = 2, amp: str | None = None, channels_last: bool | None = None,
+                        tta_flip: bool | None = None, log=print) -> dict[str, Any]:
+    """Top-1/top-5, loss, per-class accuracy and confusion matrix of a checkpoint.
 
-    ``amp`` ("none", "bf16", "fp16") runs the forward pass under autocast and ``channels_last``
-    in NHWC: faster, and the error can move by a few borderline images.
+    ``data`` given: on its evaluation split, in fp32 NCHW unless ``amp``/``channels_last`` say
+    otherwise (faster, and the error can move by a few borderline images). ``data`` None: on the
+    run's own held-out validation split, rebuilt from the checkpoint's config (same data, subset
+    and split seed) and evaluated exactly as training evaluated it (its precision, memory format,
+    batch size), so the error printed is the one the run logged for this checkpoint.
+    ``tta_flip`` defaults to the run's own setting (flip TTA in ``fast-cifar``).
     """
     ckpt = load_checkpoint(path)
+    saved = ckpt.get("config") or {}
+    tta = bool(saved.get("tta_flip", False)) if tta_flip is None else tta_flip
+    if data is None:
+        return _evaluate_run_split(ckpt, str(path), device, workers, amp, channels_last, tta, log)
+    amp, channels_last = amp or "none", bool(channels_last)
     dev = resolve_device(device)
     model = _inference_model(ckpt, dev, amp, channels_last)
     classes = ckpt["classes"]
@@ -57,12 +66,46 @@ def evaluate_checkpoint(path: str, data: str, *, batch_size: int = 256, device: 
     else:
         loader = StreamLoader(ds, batch_size, train=False, mean=norm["mean"], std=norm["std"], device=dev,
                               channels_last=channels_last, workers=workers)
-    result = evaluate(model, loader.epoch(0), len(classes), device=dev, amp=amp)
-    result["amp"], result["channels_last"] = amp, channels_last
-    result["classes"] = classes
-    result["checkpoint"] = str(path)
-    result["data"] = str(data)
+    result = evaluate(model, loader.epoch(0), len(classes), device=dev, amp=amp, tta_flip=tta)
+    return _labelled(result, ckpt, path, str(data), amp, channels_last, tta)
+
+
+def _labelled(result: dict[str, Any], ckpt: dict[str, Any], path: str, data: str, amp: str, channels_last: bool,
+              tta: bool) -> dict[str, Any]:
+    result.update(amp=amp, channels_last=channels_last, tta_flip=tta, classes=ckpt["classes"],
+                  checkpoint=str(path), data=data)
     return result
+
+
+def _evaluate_run_split(ckpt: dict[str, Any], path: str, device: str, workers: int, amp: str | None,
+                        channels_last: bool | None, tta: bool, log) -> dict[str, Any]:
+    """The run's validation split, rebuilt from its config and evaluated as its training loop did."""
+    saved = ckpt.get("config") or {}
+    resolved = saved.get("resolved") or {}
+    if not saved.get("data") or not saved.get("val_split"):
+        raise UserError(f"{path} was not trained with a held-out validation split (--val-split); "
+                        "pass --data to say what to evaluate on")
+    if not Path(saved["data"]).exists() and not saved["data"].startswith(("cifar", "sample", "synthetic")):
+        raise UserError(f"the run's data {saved['data']} is not found from here; pass --data")
+    data = open_data(saved["data"], val_split=int(saved["val_split"]), subset=int(saved.get("subset") or 0),
+                     seed=saved_split_seed(saved), image_size=saved.get("image_size"), log=log)
+    if data.val is None or not len(data.val):
+        raise UserError(f"{saved['data']} gave no validation split; pass --data")
+    amp = check_amp(amp if amp is not None else resolved.get("amp", "none"))
+    channels_last = bool(resolved.get("channels_last", False)) if channels_last is None else channels_last
+    dev = resolve_device(device)
+    model = _inference_model(ckpt, dev, amp, channels_last)
+    norm = ckpt["normalization"]
+    batch = int(saved.get("batch_size", 128))
+    common = dict(mean=norm["mean"], std=norm["std"], device=dev, channels_last=channels_last)
+    if data.in_memory:  # as the training loop's val loader (engine.train.make_loaders)
+        loader = MemoryLoader(data.val.images, data.val.labels, max(256, batch), train=False, **common)
+    else:
+        loader = StreamLoader(data.val, batch, train=False, seed=int(saved.get("seed", 0)), workers=workers, **common)
+    result = evaluate(model, loader.epoch(0), len(ckpt["classes"]), device=dev, amp=amp, tta_flip=tta)
+    name = f"the run's validation split ({len(data.val):,} images of {saved['data']}, split seed " \
+           f"{saved_split_seed(saved)})"
+    return _labelled(result, ckpt, path, name, amp, channels_last, tta)
 
 
 def load_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
