@@ -119,8 +119,8 @@ def test_resume_equals_uninterrupted(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert second.status == "completed" and second.step == 8
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["state_dict"]
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+    for key in a:  # bit-exact on a CPU, as the README claims
+        assert torch.equal(b[key], a[key]), key
     history = [json.loads(x)["iteration"] for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert history == [4, 8]
 
@@ -340,3 +340,54 @@ def test_evaluate_without_data_needs_a_run_with_a_split(tmp_path: Path, capsys: 
     train(tiny(tmp_path))  # evaluated on the sample's test/ folder, no --val-split
     assert main(["evaluate", str(tmp_path / "run" / "last.pt")]) == 2
     assert "not trained with a held-out validation split" in capsys.readouterr().err
+
+
+def _folder_of_80px_images(root: Path) -> Path:
+    """A tiny class-folder tree of images just too large to be held in memory (<= 64 px are), so they stream."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 8), ("val", 2)):
+        for cls in ("cat", "dog"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(torch.randint(0, 256, (80, 80, 3), generator=g, dtype=torch.uint8).numpy()).save(
+                    folder / f"{i}.png")
+    return root
+
+
+def test_streamed_augmentation_is_seeded_by_seed_epoch_index(tmp_path: Path) -> None:
+    from resnetlab.data import StreamLoader, open_data
+
+    data = open_data(str(_folder_of_80px_images(tmp_path / "imgs")), image_size=48, log=lambda _m: None)
+    assert not data.in_memory
+    loader = lambda seed: StreamLoader(data.train, 4, train=True, mean=[0.5] * 3, std=[0.25] * 3,  # noqa: E731
+                                       seed=seed, workers=0)
+    first = [x for x, _ in loader(1).epoch(0)]
+    again = [x for x, _ in loader(1).epoch(0)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[1], next(iter(loader(1).epoch(1)))[0])  # another epoch, other crops
+    assert torch.equal(first[1], next(iter(loader(1).epoch(0, start=1)))[0])  # a resumed pass: the same batch
+
+
+def test_resume_is_exact_on_the_streamed_image_folder_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _folder_of_80px_images(tmp_path / "imgs")
+    cfg = lambda name: recipe_config("paper-imagenet", data=str(folder), image_size=32, batch_size=4,  # noqa: E731
+                                     iters=6, eval_every=3, out=str(tmp_path / name), device="cpu", workers=1,
+                                     model="resnet18", model_args={"stem": "cifar", "width": 0.25}, seed=2)
+    train(cfg("straight"))
+    real_lr_at = train_mod.lr_at
+
+    def interrupt_at_4(step: int, s: Schedule) -> float:
+        if step == 4:
+            signal.raise_signal(signal.SIGINT)
+        return real_lr_at(step, s)
+
+    monkeypatch.setattr(train_mod, "lr_at", interrupt_at_4)
+    assert train(cfg("resumed")).status == "interrupted"
+    monkeypatch.setattr(train_mod, "lr_at", real_lr_at)
+    assert train(cfg("resumed").replace(resume=str(tmp_path / "resumed"))).status == "completed"
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

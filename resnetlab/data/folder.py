@@ -423,6 +423,12 @@ class FolderDataset(torch.utils.data.Dataset):
                 )
         raise UserError(f"too many unreadable images in {self.root}; last: {path}")
 
+    def seeded(self, seed: int) -> "FolderDataset":
+        """A copy whose augmentation is derived from (``seed``, epoch, index) instead of the global generator."""
+        out = copy.copy(self)
+        out.seed = int(seed)
+        return out
+
     def subset(self, idx: torch.Tensor, *, train: bool | None = None) -> "FolderDataset":
         """A copy holding only the samples at ``idx`` (optionally with the other transform)."""
         out = copy.copy(self)

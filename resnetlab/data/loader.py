@@ -198,6 +198,10 @@ class StreamLoader:
     def __init__(self, dataset, batch_size: int, *, train: bool, mean: Sequence[float], std: Sequence[float],
                  device: torch.device | str = "cpu", channels_last: bool = False, seed: int = 0, workers: int = 2,
                  rank: int = 0, world: int = 1) -> None:
+        # Each training sample's augmentation is seeded by (seed, epoch, index), not by the workers' global
+        # generators, so a resumed run sees the same crops and flips as an uninterrupted one.
+        if train and hasattr(dataset, "seeded"):
+            dataset = dataset.seeded(seed)
         self.dataset, self.batch_size, self.train, self.seed = dataset, batch_size, train, seed
         self.workers, self.rank, self.world = workers, rank, world
         self.device = torch.device(device)
