@@ -14,6 +14,7 @@ and the same step is several times *slower* than fp32.
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,3 +64,27 @@ def bf16_support(device: torch.device) -> Bf16Support:
 def native_bf16(device: torch.device) -> bool:
     """True where bf16 autocast runs natively on ``device`` (the capability check every choice goes through)."""
     return bf16_support(device).native
+
+
+def cpu_name() -> str:
+    """The CPU's model name as Linux reports it (else the platform's word for it)."""
+    for line in _cpuinfo_lines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def device_name(device: torch.device) -> str:
+    """``cuda (NVIDIA H200)`` or ``cpu (AMD EPYC ..., 2 threads, native bf16)``: what a report names as hardware."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    n = torch.get_num_threads()
+    bf16 = "native bf16" if native_bf16(device) else "bf16 emulated"
+    return f"cpu ({cpu_name()}, {n} thread{'s' if n != 1 else ''}, {bf16})"

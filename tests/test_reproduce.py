@@ -58,6 +58,10 @@ def test_smoke_writes_report_figure_and_finite_numbers(smoke: dict[str, Path], n
     assert "non_finite" not in results
     config = json.loads((out / "config.json").read_text())
     assert config["experiment"] == name and config["budget"] == "smoke" and config["iters"] == BUDGETS["smoke"].iters
+    # The paper's precision unless asked, stated next to the results, not only in config.json.
+    assert config["amp"] == "none" and config["compile"] is False and config["hardware"].startswith("cpu (")
+    report = (out / "report.md").read_text()
+    assert "Precision: fp32, as the paper trained; torch.compile off; hardware: cpu (" in report
     report = (out / "report.md").read_text()
     assert f"resnetlab reproduce {name} --budget smoke --seeds 1 --data {SAMPLE}" in report
     assert f"]({FIGURE[name]})" in report and "smoke" in report
@@ -117,14 +121,40 @@ def test_rerun_trains_nothing(smoke: dict[str, Path]) -> None:
 
 def test_run_folders_from_before_split_seed_match_by_their_seed() -> None:
     """A config.json without split_seed drew its split with seed; it is the same run only where that agrees."""
-    from resnetlab.experiments.runs import _same_run
+    from resnetlab.experiments.runs import first_difference
 
     cfg = base_config(BUDGETS["smoke"], SAMPLE, None, "cpu").replace(seed=2)
     old = cfg.to_dict()
     del old["split_seed"]
-    assert _same_run(old, cfg.replace(split_seed=2)) == []
-    assert [d.split(":")[0] for d in _same_run(old, cfg)] == ["split_seed"]
-    assert _same_run(cfg.to_dict(), cfg) == []
+    assert first_difference(old, cfg.replace(split_seed=2)) is None
+    assert first_difference(old, cfg).startswith("split_seed:")
+    assert first_difference(cfg.to_dict(), cfg) is None
+
+
+@pytest.mark.parametrize("field,value", [
+    ("iters", 3), ("warmup_iters", 7), ("milestones", (0.4, 0.8)), ("momentum", 0.8), ("weight_decay", 5e-4),
+    ("augment", "flip"), ("amp", "bf16"), ("compile", True), ("data", "elsewhere"), ("split_seed", 9),
+    ("normalize", "channel"), ("nesterov", True), ("label_smoothing", 0.1),
+])
+def test_a_run_is_reused_only_when_its_whole_identity_matches(field: str, value, tmp_path: Path) -> None:
+    """One differing field (budget, recipe, augmentation, precision, compile, data, split) is refused, by name."""
+    from resnetlab.experiments.runs import first_difference
+
+    cfg = base_config(BUDGETS["smoke"], SAMPLE, None, "cpu")
+    saved = cfg.replace(**{field: value}).to_dict()
+    assert first_difference(saved, cfg).startswith(f"{field}: the folder's run has ")
+    run_dir = tmp_path / "runs" / "a-s0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({**saved, "model": "resnet20", "model_args": {}, "seed": 0}))
+    (run_dir / "last.pt").write_bytes(b"")
+    with pytest.raises(UserError, match=f"holds a different run \\({field}: "):
+        ensure_run(RunSpec("a-s0", "resnet20", "a", 0), cfg, tmp_path / "runs", log=lambda _: None)
+
+
+def test_reproduce_trains_in_fp32_by_default_and_says_what_it_used() -> None:
+    cfg = base_config(BUDGETS["short"], None, None, "cpu")
+    assert (cfg.amp, cfg.compile) == ("none", False)
+    assert (base_config(BUDGETS["full"], None, None, "cpu", amp="bf16", compile=True).amp, True) == ("bf16", True)
 
 
 def test_invocations_of_another_budget_are_not_carried(tmp_path: Path) -> None:
@@ -216,3 +246,46 @@ def test_response_layers_are_the_bns_after_3x3_convs() -> None:
         stem = model.conv1(x)
     assert res["std"][0] == pytest.approx(float(stem.double().std(unbiased=False)), rel=1e-4)
     assert model.training  # mode restored
+
+
+# ----------------------------------------------------------------------------- verdicts are functions of results
+
+
+def _degradation_summary(plain_train, plain_val, res_train, res_val) -> dict:
+    out = {}
+    for arch, train_errs, val_errs in (("plain", plain_train, plain_val), ("resnet", res_train, res_val)):
+        for d, t, v in zip((20, 32, 44, 56), train_errs, val_errs):
+            out[f"{arch}{d}"] = {"final_train_err": {"mean": t}, "final_val_err": {"mean": v}}
+    return out
+
+
+def test_degradation_checks_hold_for_the_papers_picture_and_fail_for_its_opposite() -> None:
+    from resnetlab.experiments.reproduce import degradation_checks
+
+    # Fig. 6: plain nets degrade with depth; ResNets improve; the residual gain grows with depth.
+    paper = _degradation_summary([0.05, 0.06, 0.07, 0.08], [0.10, 0.11, 0.12, 0.13],
+                                 [0.04, 0.03, 0.02, 0.01], [0.09, 0.08, 0.07, 0.06])
+    assert all(degradation_checks(paper).values())
+    # The opposite picture: every claim fails.
+    opposite = _degradation_summary([0.08, 0.07, 0.06, 0.05], [0.06, 0.05, 0.04, 0.03],
+                                    [0.09, 0.10, 0.11, 0.12], [0.10, 0.11, 0.12, 0.13])
+    assert not any(degradation_checks(opposite).values())
+    # One claim at a time: only plain-32 out of order breaks "rises with depth", nothing else.
+    one = _degradation_summary([0.05, 0.09, 0.07, 0.08], [0.10, 0.11, 0.12, 0.13],
+                               [0.04, 0.03, 0.02, 0.01], [0.09, 0.08, 0.07, 0.06])
+    assert [k for k, v in degradation_checks(one).items() if not v] == ["plain_train_err_rises_with_depth"]
+
+
+def test_start_up_reads_single_iteration_losses_and_best_run_is_by_final_error() -> None:
+    from resnetlab.experiments.reproduce import run_summary, start_up
+    from resnetlab.experiments.runs import RunRecord
+
+    losses = [2.4, 9.0, 27.0] + [2.3] * 197
+    recs = [RunRecord(RunSpec(f"resnet56-s{i}", "resnet56", "resnet56", i), Path("."),
+                      [{"iteration": 100, "train_err": 0.5, "val_top1_err": err, **({"early_losses": losses}
+                                                                                    if i == 0 else {})}],
+                      {"best": {"val_top1_err": err - 0.01}}, {}, False) for i, err in enumerate((0.3, 0.2, 0.4))]
+    assert start_up(recs) == {"resnet56": {"peak_1_20": 27.0, "at_40": 2.3, "at_200": 2.3}}
+    summary = run_summary(recs)["resnet56"]
+    assert summary["best_run_val_err"] == {"value": 0.2, "seed": 1}
+    assert summary["final_val_err"]["mean"] == pytest.approx(0.3)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -40,6 +39,7 @@ from torch import Tensor, nn
 from ..data import MemoryLoader
 from ..engine.evaluate import autocast
 from ..errors import UserError
+from ..hardware import device_name
 from ..models import create_model, model_family
 from ..models.profile import count_macs, meta_model
 from .modes import REFERENCE, Mode
@@ -562,7 +562,7 @@ def run_bench(
             if task == "train":
                 res.data_pct = 100 * data_time[flags] / total_time[flags]
     ref_repeats = results[0].repeats_img_s
-    result = BenchResult(task, model_name, _device_name(device), batch_size, size, macs, peak, results,
+    result = BenchResult(task, model_name, device_name(device), batch_size, size, macs, peak, results,
                          torch.get_num_threads(), load_before, _loadavg(), sensitivity)
     for res in results:
         src = first_result[res.mode.flags]
@@ -605,21 +605,6 @@ def profile_ops(runner: _Runner, first_index: int, steps: int, device: torch.dev
     return [{"op": e.key, "ms_per_step": round(self_us[e.key] / 1e3 / steps, 3),
              "pct": round(100 * self_us[e.key] / total, 2), "calls_per_step": round(e.count / steps, 2)}
             for e in rows]
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    n = torch.get_num_threads()
-    return f"cpu ({cpu}, {n} thread{'s' if n != 1 else ''})"
 
 
 ERR_WIDTH = 46

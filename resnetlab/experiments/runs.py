@@ -27,9 +27,12 @@ from ..engine.config import RECIPES, TrainConfig, recipe_config, saved_split_see
 from ..engine.train import train
 from ..errors import UserError
 
-# Fields that define what a run computes; a folder whose config differs in any of them is another run.
+# Fields that define what a run computes; a folder whose config differs in any of them is another run
+# (reused only when all match: length, recipe fields, augmentation, precision, compile, data and split).
 IDENTITY_FIELDS = ("model", "model_args", "data", "val_split", "subset", "split_seed", "recipe", "batch_size", "lr",
-                   "iters", "milestones", "warmup_iters", "seed", "weight_decay")
+                   "iters", "epochs", "schedule", "milestones", "gamma", "warmup_iters", "warmup_lr", "momentum",
+                   "nesterov", "weight_decay", "decay_norm_and_bias", "label_smoothing", "augment", "pad",
+                   "normalize", "tta_flip", "amp", "compile", "seed")
 
 
 class ExperimentInterrupted(UserError):
@@ -79,18 +82,22 @@ def run_state(run_dir: Path) -> str:
     return "new"
 
 
-def _same_run(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
-    """The identity fields in which a run folder's config.json differs from ``cfg`` (empty: same run)."""
+def first_difference(saved: dict[str, Any], cfg: TrainConfig) -> str | None:
+    """The first identity field in which a run folder's config.json differs from ``cfg``, in words; None: same run.
+
+    A field the folder's config lacks (written by an older version) counts as the default it had then:
+    ``TrainConfig``'s own default.
+    """
     want = cfg.to_dict()
+    defaults = TrainConfig().to_dict()
     saved = {**saved, "split_seed": saved_split_seed(saved)}
-    diffs = []
     for key in IDENTITY_FIELDS:
-        a, b = saved.get(key), want.get(key)
+        a, b = saved.get(key, defaults.get(key)), want.get(key)
         if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
             a, b = list(a or []), list(b or [])
         if a != b:
-            diffs.append(f"{key}: folder has {a!r}, this experiment wants {b!r}")
-    return diffs
+            return f"{key}: the folder's run has {a!r}, this experiment wants {b!r}"
+    return None
 
 
 def read_run(spec: RunSpec, run_dir: Path, trained_now: bool = False) -> RunRecord:
@@ -108,10 +115,10 @@ def ensure_run(spec: RunSpec, cfg: TrainConfig, runs_dir: Path,
     cfg = cfg.replace(model=spec.model, model_args=dict(spec.model_args), seed=spec.seed, out=str(run_dir))
     state = run_state(run_dir)
     if state != "new" and (run_dir / "config.json").is_file():
-        diffs = _same_run(json.loads((run_dir / "config.json").read_text()), cfg)
-        if diffs:
-            raise UserError(f"{run_dir} holds a different run ({'; '.join(diffs)}); "
-                            "pick another --out/--runs or delete that folder")
+        diff = first_difference(json.loads((run_dir / "config.json").read_text()), cfg)
+        if diff:
+            raise UserError(f"{run_dir} holds a different run ({diff}); pick another --out/--runs or delete that "
+                            "folder")
     if state == "done":
         log(f"[{spec.name}] finished earlier; reusing {run_dir}")
         return read_run(spec, run_dir)
@@ -198,8 +205,12 @@ def average_histories(histories: Sequence[list[dict[str, Any]]]) -> list[dict[st
 
 
 def base_config(budget: "Budget", data: str | None, val_split: int | None, device: str,
-                iters: int | None = None) -> TrainConfig:
-    """The paper-cifar recipe (He et al. 2015 Sec. 4.2) with the budget's length and runtime settings."""
+                iters: int | None = None, amp: str = "none", compile: bool = False) -> TrainConfig:
+    """The paper-cifar recipe (He et al. 2015 Sec. 4.2) with the budget's length and runtime settings.
+
+    fp32 without compile unless asked: the paper trained in fp32, and a reproduction should differ from
+    it only where its report says so.
+    """
     iters = iters or budget.iters
     eval_every = math.ceil(iters / budget.evals) if budget.evals else None
     recipe = RECIPES["paper-cifar"].values
@@ -211,7 +222,7 @@ def base_config(budget: "Budget", data: str | None, val_split: int | None, devic
     return recipe_config(
         "paper-cifar", data=data, iters=iters, batch_size=budget.batch_size,
         val_split=budget.val_split if val_split is None else val_split, subset=budget.subset,
-        compile=budget.compile, amp=budget.amp, eval_every=eval_every, device=device,
+        compile=compile, amp=amp, eval_every=eval_every, device=device,
         warmup_iters=warmup,
     )
 
@@ -227,6 +238,4 @@ class Budget:
     val_split: int = 5000
     subset: int = 0
     evals: int | None = None  # evaluations per run; None: the engine's default (about 20, at most once an epoch)
-    compile: bool = False
-    amp: str | None = None
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
