@@ -289,3 +289,15 @@ def test_start_up_reads_single_iteration_losses_and_best_run_is_by_final_error()
     summary = run_summary(recs)["resnet56"]
     assert summary["best_run_val_err"] == {"value": 0.2, "seed": 1}
     assert summary["final_val_err"]["mean"] == pytest.approx(0.3)
+
+
+def test_response_checks_follow_the_means() -> None:
+    from resnetlab.experiments.reproduce import response_checks
+
+    paper = {"plain20": 1.0, "plain56": 1.2, "resnet20": 0.8, "resnet56": 0.6, "resnet110": 0.5}
+    assert all(response_checks(paper).values())
+    flipped = {"plain20": 0.5, "plain56": 0.6, "resnet20": 0.8, "resnet56": 1.0, "resnet110": 1.2}
+    assert not any(response_checks(flipped).values())
+    assert response_checks({**paper, "resnet110": 0.7}) == {"resnet20_below_plain20": True,
+                                                             "resnet56_below_plain56": True,
+                                                             "resnet_shrinks_20_56_110": False}

@@ -498,6 +498,15 @@ def _reusable(from_dir: Path, spec: RunSpec, cfg: TrainConfig) -> Path | None:
     return None
 
 
+def response_checks(mean: dict[str, float]) -> dict[str, bool]:
+    """The claims of the paper's Fig. 7 over each network's mean response std (Sec. 4.2)."""
+    return {
+        "resnet20_below_plain20": mean["resnet20"] < mean["plain20"],
+        "resnet56_below_plain56": mean["resnet56"] < mean["plain56"],
+        "resnet_shrinks_20_56_110": mean["resnet20"] > mean["resnet56"] > mean["resnet110"],
+    }
+
+
 def layer_responses(ctx: Context) -> Outcome:
     """He et al. 2015 Fig. 7: std of every 3x3 layer's response (after BN, before ReLU/addition), trained nets."""
     specs = ctx.specs([(m, m, {}, g) for m, g in RESPONSE_MODELS])
@@ -569,11 +578,7 @@ def layer_responses(ctx: Context) -> Outcome:
                        "Std of layer responses on CIFAR-10 (He et al. 2015 Fig. 7)")
 
     mean = {label: responses[label]["mean_std"] for label in responses}
-    checks = {
-        "resnet20_below_plain20": mean["resnet20"] < mean["plain20"],
-        "resnet56_below_plain56": mean["resnet56"] < mean["plain56"],
-        "resnet_shrinks_20_56_110": mean["resnet20"] > mean["resnet56"] > mean["resnet110"],
-    }
+    checks = response_checks(mean)
     rows = []
     for label, _ in RESPONSE_MODELS:
         r = responses[label]
