@@ -164,3 +164,12 @@ def test_out_that_is_a_file_is_a_user_error(tmp_path: Path, capsys) -> None:
     target.write_text("")
     assert main(["analyze", "flops", "--quick", "--out", str(target)]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_matplotlib_is_a_core_dependency() -> None:
+    """`pip install resnetlab` alone must give figures (reproduce, curves.png): matplotlib is not an extra."""
+    import importlib.metadata as md
+
+    requires = md.requires("resnetlab") or []
+    core = [r for r in requires if "extra ==" not in r]
+    assert any(r.replace(" ", "").startswith("matplotlib") for r in core), core
