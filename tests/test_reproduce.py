@@ -216,6 +216,8 @@ def test_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["reproduce", "degradation", "--budget", "smoke", "--from", str(tmp_path), "--out",
                  str(tmp_path / "x")]) == 2
     assert "--from only applies to layer-responses" in capsys.readouterr().err
+    assert main(["reproduce", "table6", "--budget", "smoke", "--parallel", "0", "--out", str(tmp_path / "p")]) == 2
+    assert "--parallel must be at least 1" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- layer responses
@@ -301,3 +303,26 @@ def test_response_checks_follow_the_means() -> None:
     assert response_checks({**paper, "resnet110": 0.7}) == {"resnet20_below_plain20": True,
                                                              "resnet56_below_plain56": True,
                                                              "resnet_shrinks_20_56_110": False}
+
+
+def test_parallel_runs_equal_sequential_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--parallel 2: two processes, one run folder each, and the same weights as training them one by one."""
+    monkeypatch.setenv("RESNETLAB_DATA", str(tmp_path / "cache"))
+    cfg = base_config(BUDGETS["smoke"], SAMPLE, None, "cpu")
+    specs = [RunSpec("a-s0", "resnet20", "a", 0), RunSpec("b-s1", "resnet20", "b", 1)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sequential = run_all(specs, cfg, tmp_path / "seq", log=lambda _: None)
+    finally:
+        torch.set_num_threads(before)
+    parallel = run_all(specs, cfg, tmp_path / "par", log=lambda _: None, parallel=2, threads=1)
+    assert [r.spec.name for r in parallel] == ["a-s0", "b-s1"] and all(r.trained_now for r in parallel)
+    for s, p in zip(sequential, parallel):
+        a = torch.load(s.out_dir / "last.pt", weights_only=True)["state_dict"]
+        b = torch.load(p.out_dir / "last.pt", weights_only=True)["state_dict"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r.trained_now for r in run_all(specs, cfg, tmp_path / "par", log=lambda _: None, parallel=2)] == [
+        False, False]
+    with pytest.raises(UserError, match="--parallel must be at least 1"):
+        run_all(specs, cfg, tmp_path / "par", parallel=0)

@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
                    help="autocast dtype (default none: fp32, as the paper trained; the report says which was used)")
     p.add_argument("--compile", action="store_true", help="torch.compile each network (written into the report)")
+    p.add_argument("--parallel", type=int, default=1, metavar="K",
+                   help="train K runs at once, one process each, on the same device (a launch-bound GPU or a "
+                        "CPU one run does not fill); --threads is then per run (default: the cores split K ways)")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 for short and smoke, measured "
                                                "fastest on the shared 2-core CPU; torch's default for full)")
@@ -57,7 +60,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     kwargs = dict(budget=args.budget, seeds=args.seeds, data=args.data, runs_dir=args.runs_dir,
                   val_split=args.val_split, device=args.device, iters=args.iters, from_dir=args.from_dir,
                   with_1202=args.with_1202, images=args.images, threads=args.threads, amp=args.amp,
-                  compile=args.compile)
+                  compile=args.compile, parallel=args.parallel)
     outcome = run_experiment(args.name, out, command=reproduce_command(args.name, out, **kwargs), **kwargs)
     for line in outcome.headline:
         print(line)

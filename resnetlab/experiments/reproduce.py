@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -98,6 +99,12 @@ class Context:
     from_dir: Path | None = None
     with_1202: bool = False
     images: int = 0  # layer-responses: images to measure on (0: the whole validation set)
+    parallel: int = 1  # runs trained at once, one process each (runs.run_all)
+    threads: int | None = None  # torch threads of each parallel run
+
+    def run_all(self, specs: Sequence[RunSpec]) -> list[RunRecord]:
+        """Train (or read back) ``specs``, ``parallel`` at a time."""
+        return run_all(specs, self.cfg, self.runs_dir, self.log, self.parallel, self.threads)
 
     def specs(self, models: Sequence[tuple[str, str, dict[str, Any], str]]) -> list[RunSpec]:
         """One :class:`RunSpec` per (run name, model, model args, group) and seed 0..K-1."""
@@ -292,7 +299,7 @@ def degradation_checks(summary: dict[str, Any]) -> dict[str, bool]:
 def degradation(ctx: Context) -> Outcome:
     """He et al. 2015 Fig. 6: plain nets get *worse* with depth (even in training error), ResNets better."""
     models = [(f"{arch}{d}", f"{arch}{d}", {}, arch) for arch in ("plain", "resnet") for d in DEGRADATION_DEPTHS]
-    records = run_all(ctx.specs(models), ctx.cfg, ctx.runs_dir, ctx.log)
+    records = ctx.run_all(ctx.specs(models))
     summary = run_summary(records)
     panels = []
     for arch, colors, title in (("plain", PLAIN_COLOR, "plain networks"), ("resnet", RESNET_COLOR, "ResNets")):
@@ -410,8 +417,7 @@ PAPER_TABLE6_PARAMS = {20: "0.27M", 32: "0.46M", 44: "0.66M", 56: "0.85M", 110: 
 def table6(ctx: Context) -> Outcome:
     """He et al. 2015 Table 6: ResNet-20/32/44/56/110 (1202 on request), params and error mean ± std over seeds."""
     depths = [20, 32, 44, 56, 110] + ([1202] if ctx.with_1202 else [])
-    records = run_all(ctx.specs([(f"resnet{d}", f"resnet{d}", {}, "resnet") for d in depths]), ctx.cfg,
-                      ctx.runs_dir, ctx.log)
+    records = ctx.run_all(ctx.specs([(f"resnet{d}", f"resnet{d}", {}, "resnet") for d in depths]))
     summary = run_summary(records)
     rows = []
     for d in depths:
@@ -655,7 +661,7 @@ def shortcuts(ctx: Context) -> Outcome:
     """Options A (zero-pad), B (project where shapes change) and C (project everywhere) on ResNet-20/32."""
     depths, options = (20, 32), ("A", "B", "C")
     models = [(f"resnet{d}-{o}", f"resnet{d}", {"shortcut": o}, f"resnet{d}") for d in depths for o in options]
-    records = run_all(ctx.specs(models), ctx.cfg, ctx.runs_dir, ctx.log)
+    records = ctx.run_all(ctx.specs(models))
     summary = run_summary(records)
     colors = {f"resnet{d}-{o}": c for d in depths for o, c in zip(options, ("tab:blue", "tab:orange", "tab:green"))}
     labels = {k: f"option {k[-1]}" for k in colors}
@@ -707,7 +713,7 @@ PREACT_MODELS = (
 
 def preact(ctx: Context) -> Outcome:
     """He et al. 2016 Table 3: original (post-activation) vs full pre-activation units, ResNet-110 and 164."""
-    records = run_all(ctx.specs(PREACT_MODELS), ctx.cfg, ctx.runs_dir, ctx.log)
+    records = ctx.run_all(ctx.specs(PREACT_MODELS))
     summary = run_summary(records)
     labels = {"resnet110": "original", "preact_resnet110": "pre-activation", "resnet164": "original",
               "preact_resnet164": "pre-activation"}
@@ -753,9 +759,12 @@ EXPERIMENTS: dict[str, Callable[[Context], Outcome]] = {
 def reproduce_command(name: str, out: str | Path, budget: str, seeds: int, *, data: str | None = None,
                       runs_dir: str | Path | None = None, val_split: int | None = None, device: str = "auto",
                       iters: int | None = None, from_dir: str | Path | None = None, with_1202: bool = False,
-                      images: int = 0, threads: int | None = None, amp: str = "none", compile: bool = False) -> str:
+                      images: int = 0, threads: int | None = None, amp: str = "none", compile: bool = False,
+                      parallel: int = 1) -> str:
     """The exact ``resnetlab reproduce`` command line that produces (or resumes) an experiment."""
     parts = ["resnetlab", "reproduce", name, "--budget", budget, "--seeds", str(seeds)]
+    if parallel > 1:
+        parts += ["--parallel", str(parallel)]
     if amp != "none":
         parts += ["--amp", amp]
     if compile:
@@ -810,7 +819,8 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
                    runs_dir: str | Path | None = None, val_split: int | None = None, device: str = "auto",
                    iters: int | None = None, from_dir: str | Path | None = None, with_1202: bool = False,
                    images: int = 0, threads: int | None = None, amp: str = "none", compile: bool = False,
-                   command: str | None = None, log: Callable[[str], None] | None = None) -> Outcome:
+                   parallel: int = 1, command: str | None = None,
+                   log: Callable[[str], None] | None = None) -> Outcome:
     """Train (or resume, or reuse) an experiment's runs, then write its figures and report into ``out``.
 
     ``runs_dir`` (default ``out/runs``) holds the run folders with their checkpoints; when
@@ -819,7 +829,8 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
     (not ``out/runs/``: the repository's .gitignore ignores every folder named ``runs``).
     ``threads`` sets torch's intra-op threads for the experiment (default: the budget's). Runs train
     in fp32 without compile, as the paper did, unless ``amp``/``compile`` say otherwise; the report
-    states which, beside the results.
+    states which, beside the results. ``parallel=K`` trains K runs at once, one process each, with
+    ``threads`` (default: the budget's, else the cores split K ways) torch threads each.
     """
     if name not in EXPERIMENTS:
         raise UserError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
@@ -842,7 +853,11 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
         b = dataclasses.replace(b, description=f"`--iters {iters}`: the paper's schedule (lr drops at 50% and 75%, "
                                                f"warm-up of 110+ layers) scaled to {iters:,} iterations")
     cfg = base_config(b, data, val_split, device, iters, amp=check_amp(amp), compile=compile)
-    ctx = Context(name, out, runs, b, cfg, seeds, log, Path(from_dir) if from_dir else None, with_1202, images)
+    if parallel < 1:
+        raise UserError(f"--parallel must be at least 1, got {parallel}")
+    per_run_threads = threads or b.threads or max(1, (os.cpu_count() or 1) // parallel)
+    ctx = Context(name, out, runs, b, cfg, seeds, log, Path(from_dir) if from_dir else None, with_1202, images,
+                  parallel, per_run_threads if parallel > 1 else None)
     out.mkdir(parents=True, exist_ok=True)
     threads_before = torch.get_num_threads()
     if threads or b.threads:
@@ -863,7 +878,7 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
     config = {
         "experiment": name, "budget": b.name, "budget_description": b.description, "seeds": seeds,
         "data": data, "val_split": cfg.val_split, "subset": cfg.subset, "iters": cfg.iters, "device": device,
-        "amp": amp, "compile": compile, "hardware": hardware,
+        "amp": amp, "compile": compile, "hardware": hardware, "parallel": parallel,
         "out": str(out), "runs_dir": str(runs), "metrics_copied_to": str(out / RUN_LOGS) if copied else None,
         "train_config": cfg.to_dict(), "runs": [{"name": r.spec.name, "model": r.spec.model,
                                                  "model_args": r.spec.model_args, "seed": r.spec.seed,
@@ -892,14 +907,15 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
               + (f" (all {len(invocations)} invocations: " + ", ".join(
                   f"{i['wall_seconds']:,.0f} s training {len(i['trained'])}" for i in invocations) + ")"
                  if len(invocations) > 1 else "")
-              + f"; {threads_used} CPU thread(s), "
-              f"torch {torch.__version__}. Run folders (checkpoints, full logs): `{runs}`"
+              + (f"; {parallel} runs at once, {per_run_threads} CPU thread(s) each, " if parallel > 1 else
+                 f"; {threads_used} CPU thread(s), ")
+              + f"torch {torch.__version__}. Run folders (checkpoints, full logs): `{runs}`"
               + (f"; each run's `metrics.jsonl` and `config.json` are copied under `{RUN_LOGS}/` here." if copied
                  else "."))
     command = command or reproduce_command(name, out, budget, seeds, data=data, runs_dir=runs_dir,
                                            val_split=val_split, device=device, iters=iters, from_dir=from_dir,
                                            with_1202=with_1202, images=images, threads=threads, amp=amp,
-                                           compile=compile)
+                                           compile=compile, parallel=parallel)
     precision = (f"Precision: {'fp32, as the paper trained' if amp == 'none' else amp + ' autocast (the paper: fp32)'}"
                  f"; torch.compile {'on' if compile else 'off'}; hardware: {hardware}.")
     sections = outcome.sections[:1] + [("Precision and hardware", precision)] + outcome.sections[1:]

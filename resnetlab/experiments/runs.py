@@ -136,12 +136,41 @@ def ensure_run(spec: RunSpec, cfg: TrainConfig, runs_dir: Path,
 
 
 def run_all(specs: Sequence[RunSpec], cfg: TrainConfig, runs_dir: Path,
-            log: Callable[[str], None] = print) -> list[RunRecord]:
-    """:func:`ensure_run` for every spec in order; an interruption stops the experiment (resumable)."""
+            log: Callable[[str], None] = print, parallel: int = 1, threads: int | None = None) -> list[RunRecord]:
+    """:func:`ensure_run` for every spec; an interruption stops the experiment (resumable).
+
+    ``parallel=K`` trains K runs at once in K processes (each its own run folder, ``threads`` torch
+    threads each), so a device that one small CIFAR run cannot fill (a launch-bound GPU, a CPU whose
+    cores one run's threads leave waiting) is used K times over. Records come back in ``specs`` order.
+    """
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate run names in {names}")
-    return [ensure_run(spec, cfg, runs_dir, log) for spec in specs]
+    if parallel < 1:
+        raise UserError(f"--parallel must be at least 1, got {parallel}")
+    if parallel == 1 or len(specs) < 2:
+        return [ensure_run(spec, cfg, runs_dir, log) for spec in specs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: a forked child would inherit torch's thread pools and any CUDA context mid-use.
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_run_in_process, spec, cfg, runs_dir, threads) for spec in specs]
+        try:
+            return [f.result() for f in futures]
+        except KeyboardInterrupt:  # the workers got the SIGINT too: each saves its checkpoint and stops
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise ExperimentInterrupted("interrupted; run the same command again to continue (finished runs "
+                                        "are not repeated)") from None
+
+
+def _run_in_process(spec: RunSpec, cfg: TrainConfig, runs_dir: Path, threads: int | None) -> RunRecord:
+    """One run of :func:`run_all` in a worker process; its log lines carry the run's name."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return ensure_run(spec, cfg, runs_dir, log=lambda msg: print(f"[{spec.name}] {msg}", flush=True))
 
 
 def copy_metrics(records: Sequence[RunRecord], dest: Path) -> list[str]:
