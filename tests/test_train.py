@@ -125,6 +125,35 @@ def test_resume_equals_uninterrupted(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert history == [4, 8]
 
 
+def test_resolving_a_run_needs_no_training(tmp_path: Path) -> None:
+    """New, --resume DIR and --resume auto resolve from the run folder alone: a last.pt written by hand."""
+    new = train_mod.resolve_run(tiny(tmp_path))
+    assert new.cfg == tiny(tmp_path) and new.out_dir == tmp_path / "run"
+    assert new.checkpoint is None and new.start_step == 0
+    with pytest.raises(UserError, match="no such run folder"):
+        train_mod.resolve_run(tiny(tmp_path).replace(resume=str(tmp_path / "nothere")))
+    with pytest.raises(UserError, match="needs --out"):
+        train_mod.resolve_run(tiny(tmp_path).replace(out=None, resume="auto"))
+    fresh = train_mod.resolve_run(tiny(tmp_path, "auto").replace(resume="auto"))  # nothing there yet: start it
+    assert fresh.cfg.resume is None and fresh.checkpoint is None and fresh.out_dir == tmp_path / "auto"
+
+    # A run stopped at iteration 4, saved before split_seed existed (it split with its seed, 9).
+    saved = tiny(tmp_path, "saved", lr=0.05, iters=6, seed=9, split_seed=9, sync_bn=True)
+    config = {**saved.to_dict(), "milestones": list(saved.milestones), "resolved": {"total_iters": 6}}
+    del config["split_seed"]
+    (tmp_path / "saved").mkdir()
+    torch.save({"format": ckpt_mod.FORMAT, "step": 4, "config": config}, tmp_path / "saved" / "last.pt")
+    with pytest.raises(UserError, match="already holds a run"):
+        train_mod.resolve_run(saved)
+    # The saved config wins, except where and how fast this process runs (--sync-bn may be added, not dropped).
+    given = tiny(tmp_path, "ignored", lr=0.3, iters=100, workers=5, compile=True, sync_bn=False)
+    resumed = train_mod.resolve_run(given.replace(resume=str(tmp_path / "saved")))
+    assert resumed.start_step == 4 and resumed.out_dir == tmp_path / "saved"
+    assert resumed.cfg == saved.replace(resume=str(tmp_path / "saved"), workers=5, compile=True)
+    auto = train_mod.resolve_run(saved.replace(resume="auto"))
+    assert auto.start_step == 4 and auto.cfg == saved.replace(resume=str(tmp_path / "saved"))
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_ce = train_mod.F.cross_entropy
 

@@ -116,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     result = train(config_from_args(args), argv=sys.argv)
     if result.status == "interrupted":
-        return 128 + int(getattr(result, "signal", None) or signal.SIGINT)
+        return 128 + int(result.signal or signal.SIGINT)
     return 0
 
 

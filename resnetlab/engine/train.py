@@ -57,6 +57,7 @@ class RunResult:
     best: dict[str, Any] | None = None
     last: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    signal: int | None = None  # the signal (SIGINT, SIGTERM) that stopped an interrupted run
 
 
 EARLY_LOSSES = 200  # per-iteration training losses logged from the start of a run
@@ -227,26 +228,28 @@ def make_loaders(
     return train, val
 
 
-# --------------------------------------------------------------------------- the loop
+# --------------------------------------------------------------------------- resolving and building a run
 
 
-def train(cfg: TrainConfig, argv: list[str] | None = None, log: Callable[[str], None] | None = None) -> RunResult:
-    """Train ``cfg.model`` on ``cfg.data`` with ``cfg``'s recipe; see the module docstring."""
-    info = distributed.setup(cfg.device)
-    log = log or (lambda msg: print(msg, flush=True) if info.is_main else None)
-    try:
-        result = _train(cfg, argv or [], log, info)
-    except BaseException:
-        distributed.teardown(wait_for_peers=False)
-        raise
-    distributed.teardown()
-    return result
+@dataclass
+class ResolvedRun:
+    """Which run to train: its config, its folder and, when it continues one, the checkpoint it continues."""
+
+    cfg: TrainConfig
+    out_dir: Path
+    checkpoint: dict[str, Any] | None = None  # the resumed run's last.pt; None for a new run
+
+    @property
+    def start_step(self) -> int:
+        """The iteration training starts at: the checkpoint's, or 0 for a new run."""
+        return int(self.checkpoint["step"]) if self.checkpoint is not None else 0
 
 
-def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: distributed.DistInfo) -> RunResult:
-    device = info.device
+def resolve_run(cfg: TrainConfig) -> ResolvedRun:
+    """A new run, ``--resume DIR`` or ``--resume auto``, resolved from the run folder alone (no data, no model).
 
-    # Resume: the run folder's own config wins, except where this process runs and how fast.
+    A resumed run's own saved config wins, except where this process runs and how fast.
+    """
     resume_ckpt = None
     if cfg.resume == "auto":
         # torchrun --max-restarts relaunches the same command: the first attempt starts the run in --out,
@@ -272,6 +275,57 @@ def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: 
     out_dir = Path(cfg.out) if cfg.out else default_out_dir(cfg.model)
     if not cfg.resume and (out_dir / "last.pt").exists():
         raise UserError(f"{out_dir} already holds a run; continue it with --resume {out_dir} or pick another --out")
+    return ResolvedRun(cfg, out_dir, resume_ckpt)
+
+
+@dataclass
+class Run:
+    """Everything a run trains with, built once before the loop (:func:`build_run`)."""
+
+    cfg: TrainConfig
+    info: distributed.DistInfo
+    out_dir: Path
+    data: DataBundle
+    model: nn.Module  # the user's model, on its device: what checkpoints save and evaluations broadcast
+    forward: Callable[..., torch.Tensor]  # the training forward: model inside DDP and/or torch.compile
+    eval_forward: Callable[..., torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedule: Schedule
+    train_loader: Any
+    val_loader: Any
+    steps_per_epoch: int
+    eval_every: int
+    channels_last: bool
+    amp: str
+    config: dict[str, Any]  # config.json: the config plus what it resolved to here
+    metrics: MetricsLog
+    # Where a resumed run left off; a new run starts at 0 with no time spent and no best record.
+    start_step: int = 0
+    wall_before: float = 0.0
+    best: dict[str, Any] | None = None
+
+    @property
+    def input_size(self) -> list[int]:
+        """C, H, W of the model's input, as checkpoints record it."""
+        return [self.data.in_chans, self.data.image_size, self.data.image_size]
+
+    def describe(self) -> str:
+        """The log line that opens training."""
+        cfg, total, spe = self.cfg, self.schedule.total, self.steps_per_epoch
+        return (
+            f"training {cfg.model} ({count_layers(unwrap(self.model))} layers) for {total} iterations "
+            f"({total / spe:.1f} epochs of {spe}), batch {cfg.batch_size}, "
+            f"recipe {cfg.recipe}, {self.info.device}, channels_last={self.channels_last}, amp={self.amp}, "
+            f"compile={cfg.compile}, world={self.info.world}; writing to {self.out_dir}"
+        )
+
+
+def build_run(resolved: ResolvedRun, argv: list[str], log: Callable[[str], None],
+              info: distributed.DistInfo) -> Run:
+    """Open the data, build the model, optimizer, GradScaler, schedule and loaders, restore a resumed run's
+    state, write ``config.json`` and open the metrics log: everything the loop needs, in one :class:`Run`."""
+    cfg, out_dir, resume_ckpt, device = resolved.cfg, resolved.out_dir, resolved.checkpoint, info.device
 
     # Data first: the class count and channels decide the classifier and stem.
     data = open_data(cfg.data, val_split=cfg.val_split, subset=cfg.subset, seed=cfg.split_seed,
@@ -307,13 +361,12 @@ def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: 
     # fp16's 5-bit exponent underflows small gradients; the loss is scaled up and the step skipped on
     # overflow (torch.amp.GradScaler). bf16 has fp32's exponent and needs no scaler.
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    step, wall_before, best = 0, 0.0, None
+    step, wall_before, best = resolved.start_step, 0.0, None
     if resume_ckpt is not None:
         load_weights(unwrap(model), resume_ckpt["state_dict"], source=f"{cfg.resume}/last.pt")
         optimizer.load_state_dict(resume_ckpt["optimizer"])
         if resume_ckpt.get("grad_scaler"):
             scaler.load_state_dict(resume_ckpt["grad_scaler"])
-        step = int(resume_ckpt["step"])
         wall_before = float(resume_ckpt.get("wall_time", 0.0))
         best = resume_ckpt.get("best")
         torch.set_rng_state(resume_ckpt["rng"]["torch"])
@@ -323,7 +376,7 @@ def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: 
         raise UserError(f"the {info.world} processes start at different iterations (rank {info.rank} at {step}); "
                         "the run folder must be on storage that every node sees")
 
-    resolved = {
+    config = {
         **cfg.to_dict(),
         "out": str(out_dir),
         "resolved": {
@@ -339,7 +392,7 @@ def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: 
     }
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+        (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     metrics = MetricsLog(out_dir, info.is_main, f"{cfg.model} | {cfg.recipe} | {data.source}")
     metrics.truncate(step)
 
@@ -353,111 +406,184 @@ def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: 
     # batches on every rank, and sharding the last partial batch does not give that (StreamLoader); rank 0's
     # buffers are broadcast once per evaluation instead.
     eval_forward = forward if info.world == 1 else (torch.compile(model) if cfg.compile else model)
-    input_size = [data.in_chans, data.image_size, data.image_size]
+    return Run(cfg, info, out_dir, data, model, forward, eval_forward, optimizer, scaler, schedule, train_loader,
+               val_loader, steps_per_epoch, eval_every, channels_last, amp, config, metrics, step, wall_before, best)
 
-    def checkpoint(path_name: str, last_record: dict | None) -> None:
-        if not info.is_main:
-            return
-        state = make_checkpoint(
-            model, classes=data.classes, mean=data.mean, std=data.std, input_size=input_size,
-            optimizer=optimizer.state_dict(), step=step, epoch=step / steps_per_epoch,
-            rng={"torch": torch.get_rng_state()}, config=resolved, best=best, metrics=last_record,
-            wall_time=wall_before + (time.perf_counter() - started),
-        )
-        if scaler.is_enabled():
-            state["grad_scaler"] = scaler.state_dict()
-        atomic_save(state, out_dir / path_name)
 
-    log(
-        f"training {cfg.model} ({count_layers(unwrap(model))} layers) for {schedule.total} iterations "
-        f"({schedule.total / steps_per_epoch:.1f} epochs of {steps_per_epoch}), batch {cfg.batch_size}, "
-        f"recipe {cfg.recipe}, {device}, channels_last={channels_last}, amp={amp}, compile={cfg.compile}, "
-        f"world={info.world}; writing to {out_dir}"
-    )
+# --------------------------------------------------------------------------- the loop
 
-    started = time.perf_counter()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, errors, images since last eval
+
+@dataclass
+class LoopState:
+    """What changes as the loop runs: the iteration, the best record, the timers and the running sums."""
+
+    step: int
+    best: dict[str, Any] | None  # the record of the lowest validation error so far
+    wall_before: float  # seconds the run trained before this process (earlier, resumed-from processes)
+    started: float  # time.perf_counter() when this process's loop began
+    sums: torch.Tensor  # float64 [loss sum, errors, images] since the last evaluation
     # The loss of each of the first EARLY_LOSSES iterations, kept in the first metrics record: how a
     # run *starts* (deep nets at lr 0.1 spike, He et al. 2015 Sec. 4.2) is lost in interval averages.
-    early_losses: list[float] | None = [] if step == 0 else None
-    train_time = 0.0
-    status = "completed"
-    last_record = None
-    progress = Progress(enabled=info.is_main, steps_per_epoch=steps_per_epoch, total=schedule.total)
+    early_losses: list[float] | None
+    train_time: float = 0.0  # seconds spent in training steps since the last evaluation (for img/s)
+    last_record: dict[str, Any] | None = None
+    status: str = "completed"  # "completed" | "interrupted"
+
+    @classmethod
+    def start(cls, run: Run) -> "LoopState":
+        """The state at the run's first iteration in this process (0, or where a resumed run left off)."""
+        return cls(
+            step=run.start_step, best=run.best, wall_before=run.wall_before, started=time.perf_counter(),
+            sums=torch.zeros(3, dtype=torch.float64, device=run.info.device),
+            early_losses=[] if run.start_step == 0 else None,
+        )
+
+    def wall_time(self) -> float:
+        """Seconds the run has trained, over all its processes."""
+        return self.wall_before + (time.perf_counter() - self.started)
+
+    def running_loss(self) -> float:
+        """The mean training loss since the last evaluation."""
+        return float(self.sums[0] / self.sums[2].clamp(min=1))
+
+
+def train(cfg: TrainConfig, argv: list[str] | None = None, log: Callable[[str], None] | None = None) -> RunResult:
+    """Train ``cfg.model`` on ``cfg.data`` with ``cfg``'s recipe; see the module docstring."""
+    info = distributed.setup(cfg.device)
+    log = log or (lambda msg: print(msg, flush=True) if info.is_main else None)
+    try:
+        result = _train(cfg, argv or [], log, info)
+    except BaseException:
+        distributed.teardown(wait_for_peers=False)
+        raise
+    distributed.teardown()
+    return result
+
+
+def _train(cfg: TrainConfig, argv: list[str], log: Callable[[str], None], info: distributed.DistInfo) -> RunResult:
+    """Resolve and build the run, then step until its last iteration or a stop signal, evaluating and
+    checkpointing every ``eval_every`` iterations, at the end and when stopped."""
+    run = build_run(resolve_run(cfg), argv, log, info)
+    log(run.describe())
+    state = LoopState.start(run)
+    total = run.schedule.total
+    progress = Progress(enabled=info.is_main, steps_per_epoch=run.steps_per_epoch, total=total)
     stop = StopRequest()
     with stop.installed():
-        while step < schedule.total:
-            epoch, index = divmod(step, steps_per_epoch)
-            t0 = time.perf_counter()
-            x, y = train_loader.batch(epoch, index)
-            lr = lr_at(step, schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with autocast(device, amp):
-                logits = forward(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()  # the identity unless fp16
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            if early_losses is not None and step <= EARLY_LOSSES:
-                early_losses.append(round(float(loss.detach()), 4))
-            with torch.no_grad():
-                sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) != y).sum().double(),
-                                     torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
-            if device.type == "cpu" or step % 50 == 0 or step % eval_every == 0:
-                if not torch.isfinite(sums[0]):
-                    raise TrainingDiverged(
-                        f"loss became non-finite near iteration {step} (lr {lr:g}); the last good checkpoint "
-                        f"is {out_dir / 'last.pt'}; lower --lr or check the data"
-                    )
-            train_time += time.perf_counter() - t0
-            progress.update(step, loss=float(sums[0] / sums[2].clamp(min=1)) if progress.tty else None, lr=lr)
-
+        while state.step < total:
+            lr = train_step(run, state)
+            progress.update(state.step, loss=state.running_loss() if progress.tty else None, lr=lr)
             stopping = distributed.broadcast_flag(stop.signum is not None, info)
-            if step % eval_every == 0 or step == schedule.total or stopping:
-                # Every rank joins the all-reduce of the train sums and the sharded evaluation.
-                if info.world > 1:
-                    dist.all_reduce(sums)
-                n_seen = max(1.0, float(sums[2]))
-                record = {
-                    "iteration": step, "epoch": round(step / steps_per_epoch, 3), "lr": lr,
-                    "train_loss": float(sums[0]) / n_seen, "train_err": float(sums[1]) / n_seen,
-                    "img_s": float(sums[2]) / max(train_time, 1e-9),
-                }
-                if val_loader is not None and not stopping:
-                    distributed.broadcast_buffers(model, info)
-                    res = evaluate(eval_forward, val_loader.epoch(0), len(data.classes), device=device, amp=amp,
-                                   tta_flip=cfg.tta_flip)
-                    record.update(val_loss=res["loss"], val_top1_err=res["top1_err"], val_top5_err=res["top5_err"])
-                record["wall_time"] = wall_before + time.perf_counter() - started
-                if early_losses:
-                    record["early_losses"], early_losses = early_losses, None
-                sums.zero_()
-                train_time = 0.0
-                last_record = record
-                if "val_top1_err" in record and (best is None or record["val_top1_err"] < best["val_top1_err"]):
-                    best = dict(record)
-                    checkpoint("best.pt", record)
-                if not stopping:
-                    metrics.append(record)
-                checkpoint("last.pt", record)
-                progress.log_eval(record, data.val_name)
+            if state.step % run.eval_every == 0 or state.step == total or stopping:
+                record = evaluate_and_checkpoint(run, state, lr, stopping)
+                progress.log_eval(record, run.data.val_name)
             if stopping:
-                status = "interrupted"
-                log(f"stopped at iteration {step}; checkpoint {out_dir / 'last.pt'}; continue with --resume {out_dir}")
+                state.status = "interrupted"
+                log(f"stopped at iteration {state.step}; checkpoint {run.out_dir / 'last.pt'}; "
+                    f"continue with --resume {run.out_dir}")
                 break
     progress.close()
-    metrics.close()
-    result = RunResult(out_dir, step, schedule.total, status, best, last_record, metrics.history)
-    if info.is_main and status == "completed":
-        summary = {"best": best, "last": last_record, "total_iters": schedule.total,
-                   "wall_time": wall_before + time.perf_counter() - started}
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        err = f"{best['val_top1_err'] * 100:.2f}%" if best else "n/a (no validation set)"
-        log(f"done: best {data.val_name or 'validation'} top-1 error {err}; checkpoints in {out_dir}")
-    result.signal = stop.signum  # type: ignore[attr-defined]
+    run.metrics.close()
+    return finish_run(run, state, stop.signum, log)
+
+
+def train_step(run: Run, state: LoopState) -> float:
+    """One SGD iteration at ``state.step``: advances the step, the running sums and the early losses.
+
+    Returns the iteration's learning rate; a non-finite loss raises :class:`TrainingDiverged`.
+    """
+    device = run.info.device
+    epoch, index = divmod(state.step, run.steps_per_epoch)
+    t0 = time.perf_counter()
+    x, y = run.train_loader.batch(epoch, index)
+    lr = lr_at(state.step, run.schedule)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    with autocast(device, run.amp):
+        logits = run.forward(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=run.cfg.label_smoothing)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()  # the identity unless fp16
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    state.step += 1
+    if state.early_losses is not None and state.step <= EARLY_LOSSES:
+        state.early_losses.append(round(float(loss.detach()), 4))
+    with torch.no_grad():
+        state.sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) != y).sum().double(),
+                                   torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
+    if device.type == "cpu" or state.step % 50 == 0 or state.step % run.eval_every == 0:
+        if not torch.isfinite(state.sums[0]):
+            raise TrainingDiverged(
+                f"loss became non-finite near iteration {state.step} (lr {lr:g}); the last good checkpoint "
+                f"is {run.out_dir / 'last.pt'}; lower --lr or check the data"
+            )
+    state.train_time += time.perf_counter() - t0
+    return lr
+
+
+def evaluate_and_checkpoint(run: Run, state: LoopState, lr: float, stopping: bool) -> dict[str, Any]:
+    """End an evaluation interval: the interval's training metrics, the validation metrics (unless stopping),
+    a metrics line (unless stopping), ``best.pt`` when the validation error improved, and ``last.pt``.
+
+    Returns the interval's record; resets the running sums and the interval timer.
+    """
+    info = run.info
+    # Every rank joins the all-reduce of the train sums and the sharded evaluation.
+    if info.world > 1:
+        dist.all_reduce(state.sums)
+    sums, step = state.sums, state.step
+    n_seen = max(1.0, float(sums[2]))
+    record = {
+        "iteration": step, "epoch": round(step / run.steps_per_epoch, 3), "lr": lr,
+        "train_loss": float(sums[0]) / n_seen, "train_err": float(sums[1]) / n_seen,
+        "img_s": float(sums[2]) / max(state.train_time, 1e-9),
+    }
+    if run.val_loader is not None and not stopping:
+        distributed.broadcast_buffers(run.model, info)
+        res = evaluate(run.eval_forward, run.val_loader.epoch(0), len(run.data.classes), device=info.device,
+                       amp=run.amp, tta_flip=run.cfg.tta_flip)
+        record.update(val_loss=res["loss"], val_top1_err=res["top1_err"], val_top5_err=res["top5_err"])
+    record["wall_time"] = state.wall_time()
+    if state.early_losses:
+        record["early_losses"], state.early_losses = state.early_losses, None
+    sums.zero_()
+    state.train_time = 0.0
+    state.last_record = record
+    if "val_top1_err" in record and (state.best is None or record["val_top1_err"] < state.best["val_top1_err"]):
+        state.best = dict(record)
+        save_checkpoint(run, state, "best.pt", record)
+    if not stopping:
+        run.metrics.append(record)
+    save_checkpoint(run, state, "last.pt", record)
+    return record
+
+
+def save_checkpoint(run: Run, state: LoopState, name: str, record: dict[str, Any] | None) -> None:
+    """Write ``run.out_dir / name`` atomically (rank 0 only): weights, optimizer, GradScaler, RNG, step and config."""
+    if not run.info.is_main:
+        return
+    ckpt = make_checkpoint(
+        run.model, classes=run.data.classes, mean=run.data.mean, std=run.data.std, input_size=run.input_size,
+        optimizer=run.optimizer.state_dict(), step=state.step, epoch=state.step / run.steps_per_epoch,
+        rng={"torch": torch.get_rng_state()}, config=run.config, best=state.best, metrics=record,
+        wall_time=state.wall_time(),
+    )
+    if run.scaler.is_enabled():
+        ckpt["grad_scaler"] = run.scaler.state_dict()
+    atomic_save(ckpt, run.out_dir / name)
+
+
+def finish_run(run: Run, state: LoopState, signum: int | None, log: Callable[[str], None]) -> RunResult:
+    """The run's :class:`RunResult`; a completed run also writes ``summary.json`` and logs its best error."""
+    result = RunResult(run.out_dir, state.step, run.schedule.total, state.status, state.best, state.last_record,
+                       run.metrics.history, signal=signum)
+    if run.info.is_main and state.status == "completed":
+        summary = {"best": state.best, "last": state.last_record, "total_iters": run.schedule.total,
+                   "wall_time": state.wall_time()}
+        (run.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        err = f"{state.best['val_top1_err'] * 100:.2f}%" if state.best else "n/a (no validation set)"
+        log(f"done: best {run.data.val_name or 'validation'} top-1 error {err}; checkpoints in {run.out_dir}")
     return result
 
 
