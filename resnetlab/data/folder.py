@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from resnetlab.data import transforms as T
-from resnetlab.errors import UserError
+from ..errors import UserError
+from . import transforms as T
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SMALL_MAX_SIDE = 64

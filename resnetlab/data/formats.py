@@ -27,7 +27,7 @@ from typing import BinaryIO, Callable
 import numpy as np
 import torch
 
-from resnetlab.errors import UserError
+from ..errors import UserError
 
 # --------------------------------------------------------------------------- CIFAR
 

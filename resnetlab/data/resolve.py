@@ -17,8 +17,9 @@ from typing import Callable
 
 import torch
 
-from resnetlab.data import formats
-from resnetlab.data.folder import (
+from ..errors import UserError
+from . import formats
+from .folder import (
     FolderDataset,
     class_dirs,
     has_loose_images,
@@ -27,8 +28,7 @@ from resnetlab.data.folder import (
     probe_small_size,
     scan_tree,
 )
-from resnetlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from resnetlab.errors import UserError
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample" / "cifar10-sample"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
