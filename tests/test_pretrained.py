@@ -46,7 +46,9 @@ def test_shipped_weights_load_strictly_and_give_the_pinned_logits(name: str) -> 
     record = pretrained.get_weights(name).record()
     got = sample_logits(model, record["normalization"])[: len(pretrained.get_weights(name).meta["sample_logits"])]
     want = torch.tensor(pretrained.get_weights(name).meta["sample_logits"])
-    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    # 1e-3: fp32 summation order differs between CPUs (AVX2, AVX-512, AMX kernels) by far less; a changed
+    # architecture, normalisation or weight file moves these logits by whole units.
+    assert torch.allclose(got, want, atol=1e-3), (got - want).abs().max()
 
 
 # ------------------------------------------------------------------ publishing and loading by name
