@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import signal
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -101,20 +103,29 @@ def test_run_folder_contents(tmp_path: Path) -> None:
     assert model.fc.out_features == 10
 
 
-def test_resume_equals_uninterrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """SIGINT at iteration 5 saves a checkpoint; resuming ends with the uninterrupted run's weights."""
-    straight = train(tiny(tmp_path, "straight"))
+@contextmanager
+def sigint_at(iteration: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Within the block, SIGINT arrives as the training loop asks for the lr of ``iteration``."""
     real_lr_at = train_mod.lr_at
 
-    def interrupt_at_5(step: int, s: Schedule) -> float:
-        if step == 5:
+    def interrupting(step: int, s: Schedule) -> float:
+        if step == iteration:
             signal.raise_signal(signal.SIGINT)
         return real_lr_at(step, s)
 
-    monkeypatch.setattr(train_mod, "lr_at", interrupt_at_5)
-    first = train(tiny(tmp_path, "resumed"))
+    monkeypatch.setattr(train_mod, "lr_at", interrupting)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(train_mod, "lr_at", real_lr_at)
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGINT at iteration 5 saves a checkpoint; resuming ends with the uninterrupted run's weights."""
+    straight = train(tiny(tmp_path, "straight"))
+    with sigint_at(5, monkeypatch):
+        first = train(tiny(tmp_path, "resumed"))
     assert first.status == "interrupted" and first.step == 6
-    monkeypatch.setattr(train_mod, "lr_at", real_lr_at)
     second = train(tiny(tmp_path, "ignored-out").replace(resume=str(tmp_path / "resumed")))
     assert second.status == "completed" and second.step == 8
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["state_dict"]
@@ -408,16 +419,8 @@ def test_resume_is_exact_on_the_streamed_image_folder_path(tmp_path: Path, monke
                                      iters=6, eval_every=3, out=str(tmp_path / name), device="cpu", workers=1,
                                      model="resnet18", model_args={"stem": "cifar", "width": 0.25}, seed=2)
     train(cfg("straight"))
-    real_lr_at = train_mod.lr_at
-
-    def interrupt_at_4(step: int, s: Schedule) -> float:
-        if step == 4:
-            signal.raise_signal(signal.SIGINT)
-        return real_lr_at(step, s)
-
-    monkeypatch.setattr(train_mod, "lr_at", interrupt_at_4)
-    assert train(cfg("resumed")).status == "interrupted"
-    monkeypatch.setattr(train_mod, "lr_at", real_lr_at)
+    with sigint_at(4, monkeypatch):
+        assert train(cfg("resumed")).status == "interrupted"
     assert train(cfg("resumed").replace(resume=str(tmp_path / "resumed"))).status == "completed"
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["state_dict"]
