@@ -93,7 +93,10 @@ def plot_confusion(res: dict, out_dir: Path) -> Path:
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "confusion.png"
-    fig.savefig(path, dpi=110)
+    from ..io import atomic_write
+
+    with atomic_write(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 

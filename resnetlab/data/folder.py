@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
+from ..io import atomic_write
 from . import transforms as T
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -323,10 +324,8 @@ def load_small_tree(
         report_unreadable(len(bad), *bad[0])
     elapsed = time.perf_counter() - start
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"images": images, "kept": kept}, tmp)
-        os.replace(tmp, cache_file)  # atomic: a crash never leaves a half-written cache
+        with atomic_write(cache_file) as tmp:  # a crash never leaves a half-written cache
+            torch.save({"images": images, "kept": kept}, tmp)
         where = f"cached to {cache_file}"
     except OSError as exc:
         where = f"not cached ({exc.strerror or exc})"

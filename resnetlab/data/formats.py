@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..io import atomic_write
 
 # --------------------------------------------------------------------------- CIFAR
 
@@ -276,13 +277,12 @@ def download(spec: CifarSpec, dest_dir: Path, *, timeout: float = 60.0, log: Cal
     except OSError as exc:
         raise UserError(f"cannot create data cache folder {dest_dir}: {exc.strerror or exc}") from None
     log(f"downloading {spec.title} from {spec.url} to {dest_dir}")
-    fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=f".{spec.archive}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
+    # Under a temporary name until the MD5 matched: an interrupted download never looks like a finished one.
+    with atomic_write(dest, suffix=".part") as tmp:
         h = hashlib.md5()
         got = 0
         try:
-            with os.fdopen(fd, "wb") as out, fetch_url(spec.url, timeout) as resp:
+            with open(tmp, "wb") as out, fetch_url(spec.url, timeout) as resp:
                 expected = _content_length(resp)
                 progress = _progress(expected, spec.archive)
                 for chunk in iter(lambda: resp.read(1 << 20), b""):
@@ -304,9 +304,6 @@ def download(spec: CifarSpec, dest_dir: Path, *, timeout: float = 60.0, log: Cal
             raise UserError(
                 f"downloaded {spec.archive} has MD5 {h.hexdigest()}, expected {spec.md5}; try again or {where}"
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 

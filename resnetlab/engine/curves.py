@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..io import atomic_write
+
 
 def plot_error_curves(ax: Any, runs: Sequence[tuple[str, list[dict[str, Any]]]], colors: Sequence[str] | None = None,
                       val_name: str = "val", legend: dict[str, Any] | None = None) -> None:
@@ -38,7 +40,6 @@ def plot_run(history: list[dict[str, Any]], path: Path, title: str) -> None:
     plot_error_curves(ax, [("", history)])
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_write(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(path)

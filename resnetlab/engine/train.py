@@ -30,6 +30,7 @@ from torch import nn
 from ..data import DataBundle, MemoryLoader, StreamLoader, open_data, with_normalization
 from ..errors import UserError
 from ..hardware import bf16_support, native_bf16
+from ..io import atomic_write_text
 from ..models import create_model
 from ..models.profile import count_layers
 from . import distributed
@@ -182,7 +183,7 @@ class MetricsLog:
         """Forget lines written after ``step`` (a resumed run re-does them)."""
         self.history = [m for m in self.history if m["iteration"] <= step]
         if self.enabled:
-            self.path.write_text("".join(json.dumps(m) + "\n" for m in self.history))
+            atomic_write_text(self.path, "".join(json.dumps(m) + "\n" for m in self.history))
 
     def append(self, record: dict[str, Any]) -> None:
         self.history.append(record)
@@ -392,7 +393,7 @@ def build_run(resolved: ResolvedRun, argv: list[str], log: Callable[[str], None]
     }
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        atomic_write_text(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
     metrics = MetricsLog(out_dir, info.is_main, f"{cfg.model} | {cfg.recipe} | {data.source}")
     metrics.truncate(step)
 
@@ -581,7 +582,7 @@ def finish_run(run: Run, state: LoopState, signum: int | None, log: Callable[[st
     if run.info.is_main and state.status == "completed":
         summary = {"best": state.best, "last": state.last_record, "total_iters": run.schedule.total,
                    "wall_time": state.wall_time()}
-        (run.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(run.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         err = f"{state.best['val_top1_err'] * 100:.2f}%" if state.best else "n/a (no validation set)"
         log(f"done: best {run.data.val_name or 'validation'} top-1 error {err}; checkpoints in {run.out_dir}")
     return result

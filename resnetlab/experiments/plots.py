@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import __version__
 from ..errors import UserError
+from ..io import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.axes import Axes
@@ -82,7 +83,8 @@ def save_figure(fig: Figure, path: str | Path, caption: str, title: str | None =
         fig.suptitle(title, fontsize=12, fontweight="bold")
         top = 1.0 - 0.3 / fig.get_size_inches()[1]
     fig.tight_layout(rect=(0.0, bottom, 1.0, top))
-    fig.savefig(path, dpi=DPI)
+    with atomic_write(path, suffix=Path(path).suffix or ".png") as tmp:
+        fig.savefig(tmp, dpi=DPI)
     return path
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import UserError
+from ..io import atomic_write_text
 
 NON_FINITE_KEY = "non_finite"
 
@@ -58,7 +59,7 @@ def dump_json(value: Any, path: str | Path) -> list[str]:
             raise ValueError(f"key {NON_FINITE_KEY!r} is reserved for notes about non-finite values")
         clean[NON_FINITE_KEY] = notes
     # allow_nan=False: the check above must have caught everything; fail loudly if not.
-    Path(path).write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(clean, indent=2, allow_nan=False) + "\n")
     return notes
 
 
@@ -116,5 +117,5 @@ def write_report(
         md += [f"- `{n}`" for n in notes + [f"config: {n}" for n in config_notes]] + [""]
     md += ["All numbers are in `results.json`; the settings in `config.json`.", ""]
     path = out / "report.md"
-    path.write_text("\n".join(md))
+    atomic_write_text(path, "\n".join(md))
     return path

@@ -13,8 +13,6 @@ and a relative one for the huge logits of deep random-weight networks in eval mo
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..io import atomic_write
 from .convert import (
     LoadedModel,
     Weights,
@@ -144,13 +143,10 @@ def export_model(
         "input": "float32 N x C x H x W, (pixels / 255 - mean) / std",
     }
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix or FORMATS[format], dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     batch_text = "dynamic batch" if batch is None else f"batch {batch}"
     sizes = " and ".join(str(len(x)) for x in inputs)
-    try:
+    # Written and checked under a temporary name; only an export that passed its check replaces `out`.
+    with atomic_write(out, suffix=out.suffix or FORMATS[format]) as tmp:
         start = time.perf_counter()
         if format == "onnx":
             from .onnx import DEFAULT_OPSET, compare_onnx, export_onnx, onnx_opset
@@ -183,18 +179,7 @@ def export_model(
         checks.append(f"{runtime} vs PyTorch on random inputs (batch {sizes}): {text}")
         if not ok:
             raise UserError(f"{runtime} output differs from PyTorch: {text}; nothing written")
-        _publish(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportReport(out, format, seconds, out.stat().st_size, checks, detail, folding)
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename a checked temporary file into place with the permissions a plain ``open()`` would give it."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
-    os.replace(tmp, out)
 
 
 def read_export_metadata(path: str | Path) -> dict[str, Any]:

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from ..engine.checkpoint import (
     FORMAT, atomic_save, first_mismatch, load_checkpoint, load_weights, make_checkpoint, normalization_record,
 )
 from ..errors import UserError
+from ..io import atomic_write
 from ..models import FAMILIES, MODELS, create_model
 from ..models.pretrained import get_weights, is_pretrained_name
 
@@ -431,19 +431,8 @@ def save_safetensors(
     }
     # safetensors refuses shared or strided storage; a contiguous copy of each tensor is always accepted.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt", "resnetlab": json.dumps(record)})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "resnetlab": json.dumps(record)})
 
 
 def read_classes_file(path: str | Path) -> list[str]:

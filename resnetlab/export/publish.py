@@ -18,6 +18,7 @@ import torch
 from ..data import MemoryLoader, open_data
 from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
 from ..errors import UserError
+from ..io import atomic_write_text
 from ..models.pretrained import INDEX_FILE, WEIGHTS_DIR, file_sha256
 from .convert import save_safetensors
 
@@ -96,7 +97,7 @@ def publish(checkpoint: str, name: str, *, commit: str, hardware: str, dest: Pat
     index_file = dest / INDEX_FILE.name
     index = json.loads(index_file.read_text()) if index_file.is_file() else {}
     index[name] = entry
-    index_file.write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
+    atomic_write_text(index_file, json.dumps(dict(sorted(index.items())), indent=2) + "\n")
     log(f"wrote {path} ({entry['size_bytes']:,} bytes, {entry['dtype']}, fp16 logit change {fp16_diff:.2e}); "
         f"validation top-1 error {100 * (entry['val_top1_err'] or float('nan')):.2f}%")
     return entry
