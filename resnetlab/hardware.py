@@ -28,10 +28,7 @@ BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo names of na
 
 def cpu_flags() -> frozenset[str]:
     """The instruction-set flags Linux reports for this CPU (empty where there is no /proc/cpuinfo)."""
-    try:
-        return frozenset(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return frozenset()
+    return frozenset(word for line in _cpuinfo_lines() for word in line.split())
 
 
 @dataclass(frozen=True)
