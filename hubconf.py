@@ -32,7 +32,7 @@ def _build(name, pretrained=False, weights=None, progress=True, **kwargs):
         return _create_model(name, pretrained=True, **kwargs)
     model = _create_model(name, **kwargs)
     if weights is not None:
-        from resnetlab.export.convert import load_pretrained
+        from resnetlab.weights import load_pretrained
 
         load_pretrained(model, weights, replace_classifier="num_classes" in kwargs)
     return model

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from resnetlab.cli import main
-from resnetlab.engine.checkpoint import atomic_save, make_checkpoint
+from resnetlab.weights import atomic_save, make_checkpoint
 from resnetlab.experiments.explain import class_maps, default_layer, explain_image
 from resnetlab.models import create_model
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from resnetlab import create_model
 from resnetlab.cli import main
-from resnetlab.engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint, model_from_checkpoint
+from resnetlab.weights import atomic_save, load_checkpoint, make_checkpoint, model_from_checkpoint
 from resnetlab.errors import UserError
 from resnetlab.export import (
     export_model,

@@ -11,7 +11,7 @@ import torch
 
 import resnetlab
 from resnetlab.cli import main
-from resnetlab.engine.checkpoint import load_checkpoint
+from resnetlab.weights import load_checkpoint
 from resnetlab.engine.config import recipe_config
 from resnetlab.engine.train import train
 from resnetlab.errors import UserError

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from resnetlab.cli import main
-from resnetlab.engine import checkpoint as ckpt_mod
+from resnetlab.weights import checkpoint as ckpt_mod
 from resnetlab.engine import train as train_mod
 from resnetlab.engine.config import RECIPES, recipe_config
 from resnetlab.engine.schedule import Schedule, lr_at

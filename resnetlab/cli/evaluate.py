@@ -102,9 +102,11 @@ def plot_confusion(res: dict, out_dir: Path) -> Path:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..engine.predict import predict_images, predict_onnx_images
+    from ..engine.predict import predict_images
 
     if args.checkpoint.endswith(".onnx"):
+        from ..export.onnx_predict import predict_onnx_images
+
         records = predict_onnx_images(args.checkpoint, args.images, topk=args.topk)
     else:
         records = predict_images(args.checkpoint, args.images, topk=args.topk, device=args.device, amp=args.amp,

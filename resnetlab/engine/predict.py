@@ -16,7 +16,7 @@ from PIL import Image
 from ..data import ArrayDataset, MemoryLoader, StreamLoader, load_eval_split, open_data
 from ..data import transforms as T
 from ..errors import UserError
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from ..weights import load_checkpoint, model_from_checkpoint
 from .config import check_amp, saved_split_seed
 from .distributed import resolve_device
 from .evaluate import autocast, evaluate
@@ -149,18 +149,3 @@ def topk_records(probs: torch.Tensor, classes: list[str], images: Sequence[str],
         {"image": str(img), "top": [{"class": classes[i], "prob": float(p)} for p, i in zip(v.tolist(), ix.tolist())]}
         for img, v, ix in zip(images, values, indices)
     ]
-
-
-def predict_onnx_images(path: str, images: Sequence[str], *, topk: int = 5) -> list[dict[str, Any]]:
-    """Like :func:`predict_images` for a file written by ``resnetlab export --format onnx``.
-
-    The ONNX file carries class names, normalisation and input size as metadata, and
-    images go through the same resize, so the top-k matches the checkpoint's.
-    """
-    from ..export.onnx_predict import OnnxClassifier
-
-    clf = OnnxClassifier(path)
-    c, size = clf.input_size[0] or 3, clf.input_size[-1] or clf.metadata.get("input_size", [3, 224, 224])[-1]
-    batch = torch.stack([load_image(p, size, c) for p in images])
-    probs = torch.from_numpy(clf(batch)).float().softmax(1)
-    return topk_records(probs, clf.classes, images, topk)

@@ -34,7 +34,7 @@ from ..io import atomic_write_text
 from ..models import create_model
 from ..models.profile import count_layers
 from . import distributed
-from .checkpoint import atomic_save, load_checkpoint, load_weights, make_checkpoint, unwrap
+from ..weights import atomic_save, load_checkpoint, load_pretrained, load_weights, make_checkpoint, unwrap
 from .config import TrainConfig, check_amp, saved_split_seed
 from .evaluate import autocast, evaluate
 from .schedule import Schedule, lr_at
@@ -338,8 +338,6 @@ def build_run(resolved: ResolvedRun, argv: list[str], log: Callable[[str], None]
     model_args = {"num_classes": len(data.classes), "in_chans": data.in_chans, **cfg.model_args}
     model = create_model(cfg.model, **model_args)
     if cfg.init and resume_ckpt is None:
-        from ..export.convert import load_pretrained
-
         log(load_pretrained(model, cfg.init, replace_classifier=True))
     if cfg.sync_bn and info.world > 1:
         model = distributed.convert_sync_batchnorm(model, device)

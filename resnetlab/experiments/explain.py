@@ -152,7 +152,7 @@ def explain(checkpoint: str, images: Sequence[str], out: str | Path, *, layer: s
     ``checkpoint`` is a checkpoint file, a run folder or the name of shipped weights.
     """
     from ..data.loader import norm_tensor
-    from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from ..weights import load_checkpoint, model_from_checkpoint
     from ..engine.predict import load_image
 
     if topk < 1:

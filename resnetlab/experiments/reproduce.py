@@ -34,7 +34,7 @@ import torch
 
 from .. import __version__
 from ..data import MemoryLoader, open_data
-from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+from ..weights import load_checkpoint, model_from_checkpoint
 from ..engine.config import TrainConfig, check_amp, saved_split_seed
 from ..engine.distributed import resolve_device
 from ..engine.curves import plot_error_curves

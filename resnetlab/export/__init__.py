@@ -24,11 +24,10 @@ from torch import nn
 
 from ..errors import UserError
 from ..io import atomic_write
-from .convert import (
+from ..weights import (
     LoadedModel,
     Weights,
     build_from_weights,
-    convert,
     default_normalization,
     infer_architecture,
     load_model,
@@ -37,6 +36,7 @@ from .convert import (
     save_safetensors,
     strip_prefixes,
 )
+from .convert import convert
 from .fuse import fold_conv_bn, foldable_pairs, fuse_bn
 
 FORMATS = {"onnx": ".onnx", "exported": ".pt2", "torchscript": ".ts"}

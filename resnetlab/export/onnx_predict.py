@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+import torch
 
+from ..engine.predict import load_image, topk_records
 from ..errors import UserError
 from .onnx import METADATA_KEY, require
 
@@ -136,3 +138,16 @@ class OnnxClassifier:
 def onnx_predict(path: str | Path, images_uint8_nchw: Any) -> np.ndarray:
     """Logits for uint8 N x C x H x W images from the ONNX file at ``path`` (one-off; reuse :class:`OnnxClassifier`)."""
     return OnnxClassifier(path)(images_uint8_nchw)
+
+
+def predict_onnx_images(path: str, images: Sequence[str], *, topk: int = 5) -> list[dict[str, Any]]:
+    """Like :func:`~resnetlab.engine.predict.predict_images` for a file written by ``resnetlab export --format onnx``.
+
+    The ONNX file carries class names, normalisation and input size as metadata, and
+    images go through the same resize, so the top-k matches the checkpoint's.
+    """
+    clf = OnnxClassifier(path)
+    c, size = clf.input_size[0] or 3, clf.input_size[-1] or clf.metadata.get("input_size", [3, 224, 224])[-1]
+    batch = torch.stack([load_image(p, size, c) for p in images])
+    probs = torch.from_numpy(clf(batch)).float().softmax(1)
+    return topk_records(probs, clf.classes, images, topk)

@@ -16,11 +16,10 @@ from typing import Any
 import torch
 
 from ..data import MemoryLoader, open_data
-from ..engine.checkpoint import load_checkpoint, model_from_checkpoint
+from ..weights import load_checkpoint, model_from_checkpoint, save_safetensors
 from ..errors import UserError
 from ..io import atomic_write_text
 from ..models.pretrained import INDEX_FILE, WEIGHTS_DIR, file_sha256
-from .convert import save_safetensors
 
 PINNED_IMAGES = 4
 FP16_TOLERANCE = 1e-3  # largest |logit difference| on the sample for which float16 storage is accepted
