@@ -139,6 +139,10 @@ def test_train_modes_agree_and_time_the_data_path() -> None:
     assert set(payload["peak_gflops"]) == {"fp32", "bf16"}
     # A training image costs three forward passes.
     assert result.flops_per_image == 6 * result.macs
+    # ``default`` equals one of the listed modes: measured once, one record shared by reference.
+    default = next(r for r in result.results if r.mode.name == "default")
+    twin = next(r for r in result.results if r.mode.name != "default" and r.mode.flags == default.mode.flags)
+    assert default.measured is twin.measured and len({id(r.measured) for r in result.results}) == len(modes) - 1
 
 
 def test_limits_widen_only_for_an_ill_conditioned_reference() -> None:

@@ -7,9 +7,9 @@ own measured matmul peak. See ``docs/benchmarks.md`` for results on the project'
 """
 
 from .modes import DEFAULT, MODES, REFERENCE, Mode, default_mode, default_modes, emulated, modes_for, resolve_modes
-from .runner import TOLERANCE, BenchResult, ModeResult, format_result, matmul_peak, run_bench
+from .runner import TOLERANCE, BenchResult, Measurement, ModeResult, format_result, matmul_peak, run_bench
 
 __all__ = [
-    "DEFAULT", "MODES", "REFERENCE", "TOLERANCE", "BenchResult", "Mode", "ModeResult", "default_mode",
+    "DEFAULT", "MODES", "REFERENCE", "TOLERANCE", "BenchResult", "Measurement", "Mode", "ModeResult", "default_mode",
     "default_modes", "emulated", "format_result", "matmul_peak", "modes_for", "resolve_modes", "run_bench",
 ]

@@ -294,10 +294,16 @@ class _Skip(Exception):
 
 
 @dataclass
-class ModeResult:
-    """One mode's measurements; ``skipped`` says why there are none."""
+class Measurement:
+    """What was measured for one set of flags; ``skipped`` says why there is nothing.
 
-    mode: Mode
+    Modes with the same flags (``default`` and the listed mode it equals) are measured once
+    and share this record by reference.
+    """
+
+    precision: str
+    tolerance: float
+    grad_min_cosine: float | None
     img_s: float | None = None
     repeats_img_s: list[float] = field(default_factory=list)
     ratio: float | None = None
@@ -306,30 +312,48 @@ class ModeResult:
     data_pct: float | None = None
     error: float | None = None
     grad_cosine: float | None = None
-    tolerance: float = 0.0
-    grad_min_cosine: float | None = None
     agrees: bool | None = None
     setup_s: float = 0.0
     skipped: str | None = None
     profile: list[dict[str, Any]] = field(default_factory=list)  # --profile: the busiest operators, per step
+    # While timing: the runner, iterations per repeat, the next step index and the time sums.
+    runner: _Runner | None = field(default=None, repr=False)
+    iters: int = 0
+    next_step: int = 0
+    data_time: float = 0.0
+    total_time: float = 0.0
+
+
+@dataclass
+class ModeResult:
+    """A mode (its name and flags) and its measurement; measurement fields read through (``r.img_s``)."""
+
+    mode: Mode
+    measured: Measurement
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "measured":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.measured, name)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able record."""
+        m = self.measured
         r = lambda v, d=4: None if v is None else round(v, d)  # noqa: E731
         out: dict[str, Any] = {
-            "img_s": r(self.img_s, 2), "ratio": r(self.ratio, 3), "gflops": r(self.gflops, 2),
-            "peak_pct": r(self.peak_pct, 2), "repeats_img_s": [round(v, 2) for v in self.repeats_img_s],
-            "max_error": self.error, "tolerance": self.tolerance, "agrees": self.agrees,
-            "setup_s": round(self.setup_s, 2), "flags": self.mode.summary(), "description": self.mode.description,
+            "img_s": r(m.img_s, 2), "ratio": r(m.ratio, 3), "gflops": r(m.gflops, 2),
+            "peak_pct": r(m.peak_pct, 2), "repeats_img_s": [round(v, 2) for v in m.repeats_img_s],
+            "max_error": m.error, "tolerance": m.tolerance, "agrees": m.agrees,
+            "setup_s": round(m.setup_s, 2), "flags": self.mode.summary(), "description": self.mode.description,
         }
-        if self.grad_cosine is not None:
-            out["grad_cosine"], out["grad_min_cosine"] = self.grad_cosine, self.grad_min_cosine
-        if self.data_pct is not None:
-            out["data_pct"] = r(self.data_pct, 2)
-        if self.skipped:
-            out["skipped"] = self.skipped
-        if self.profile:
-            out["profile"] = self.profile
+        if m.grad_cosine is not None:
+            out["grad_cosine"], out["grad_min_cosine"] = m.grad_cosine, m.grad_min_cosine
+        if m.data_pct is not None:
+            out["data_pct"] = r(m.data_pct, 2)
+        if m.skipped:
+            out["skipped"] = m.skipped
+        if m.profile:
+            out["profile"] = m.profile
         return out
 
 
@@ -414,6 +438,130 @@ def _sensitivity(runner: _Runner, out: Tensor, grad: Tensor | None,
     return found
 
 
+@dataclass
+class _Setup:
+    """What every mode is built from: the same initial weights, the same data, the same warm-up."""
+
+    task: str
+    device: torch.device
+    base: nn.Module
+    loaders: dict[bool, MemoryLoader]
+    check_batch: tuple[Tensor, Tensor] | None
+    x: Tensor | None
+    tmp: Path
+    warmup: int
+    torch_precisions: set[str]
+
+
+@dataclass
+class _Reference:
+    """eager-fp32's answers on the check input, and how far rounding that input moves them."""
+
+    out: Tensor
+    grad: Tensor | None
+    sensitivity: dict[str, dict[str, float]]
+
+
+def _bench_inputs(task: str, base: nn.Module, modes: list[Mode], size: tuple[int, int, int], batch_size: int,
+                  device: torch.device, seed: int) -> tuple[dict[bool, MemoryLoader], Any, Tensor | None]:
+    """Training: loaders (one per memory format) and the check batch; inference: one random batch."""
+    gen = torch.Generator().manual_seed(seed)
+    if task != "train":
+        return {}, None, torch.randn(batch_size, *size, generator=gen)
+    # Synthetic uint8 images through the real loader: crop + flip + normalise as in training.
+    # As many as fast-cifar's 45k-image split where they fit in LOADER_BYTES: the per-batch
+    # shuffle (a permutation of the whole set) is part of the data path being measured.
+    padded = size[0] * (size[1] + 8) * (size[2] + 8)
+    n = min(45_000, max(4 * batch_size, LOADER_BYTES // padded))
+    images = torch.randint(0, 256, (n, *size), generator=gen, dtype=torch.uint8)
+    labels = torch.randint(0, base.num_classes, (n,), generator=gen)
+    loaders = {cl: MemoryLoader(images, labels, batch_size, train=True, mean=[0.5] * size[0], std=[0.25] * size[0],
+                                device=device, channels_last=cl, seed=seed)
+               for cl in {m.channels_last for m in modes}}
+    return loaders, loaders[modes[0].channels_last].batch(0, 0), None
+
+
+def _runner_for(mode: Mode, s: _Setup) -> _Runner:
+    if mode.runtime == "onnxruntime":
+        return _OnnxRunner(s.base, s.x, s.tmp)
+    if s.task == "train":
+        return _TrainRunner(s.base, mode, s.loaders[mode.channels_last], s.check_batch, s.device)
+    return _InferRunner(s.base, mode, s.x, s.device)
+
+
+def _set_up(mode: Mode, s: _Setup, ref: _Reference | None) -> tuple[Measurement, _Reference | None]:
+    """Build, check and warm up ``mode``; the first mode (``ref`` None) is the reference and returns it."""
+    tol, min_cos = TOLERANCE[mode.amp]
+    m = Measurement(mode.precision, tol, min_cos if s.task == "train" else None)
+    t0 = time.perf_counter()
+    try:
+        runner = _runner_for(mode, s)
+        out, grad = runner.check()
+        if ref is None:  # before any step changes the weights
+            ref = _Reference(out, grad, _sensitivity(runner, out, grad, s.torch_precisions))
+        for i in range(s.warmup):
+            runner.step(i)
+        synchronize(s.device)
+    except _Skip as exc:
+        m.skipped = str(exc)
+    except Exception as exc:  # noqa: BLE001 - a mode that fails here (e.g. no C compiler) is reported
+        if mode.name == REFERENCE:
+            raise
+        m.skipped = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    m.setup_s = time.perf_counter() - t0
+    if not m.skipped:
+        m.runner, m.next_step = runner, s.warmup
+        _judge(m, mode.amp, out, grad, ref)
+    return m, ref
+
+
+def _judge(m: Measurement, amp: str, out: Tensor, grad: Tensor | None, ref: _Reference) -> None:
+    """Compare a mode's check outputs with the reference's, under limits calibrated to the check's conditioning."""
+    m.tolerance, min_cos = calibrated_limits(amp, ref.sensitivity.get(m.precision))
+    if m.grad_min_cosine is not None:
+        m.grad_min_cosine = min_cos
+    m.error = relative_error(out, ref.out)
+    if grad is not None and ref.grad is not None:
+        m.grad_cosine = gradient_cosine(grad, ref.grad)
+    m.agrees = m.error <= m.tolerance and (m.grad_cosine is None or min_cos is None or m.grad_cosine >= min_cos)
+
+
+def _calibrate(m: Measurement, min_time: float, device: torch.device) -> None:
+    """Enough iterations per repeat for about ``min_time`` seconds, from one timed step."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    m.runner.step(m.next_step)
+    synchronize(device)
+    m.iters = max(1, math.ceil(min_time / max(time.perf_counter() - t0, 1e-6)))
+    m.next_step += 1
+
+
+def _time_repeat(m: Measurement, device: torch.device) -> None:
+    """One timed repeat of ``m.iters`` steps; only the device's work counts (synchronised at both ends)."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(m.iters):
+        m.data_time += m.runner.step(m.next_step)
+        m.next_step += 1
+    synchronize(device)
+    elapsed = time.perf_counter() - t0
+    m.total_time += elapsed
+    m.repeats_img_s.append(m.iters * m.runner.images_per_step / elapsed)
+
+
+def _summarise(m: Measurement, task: str, ref_repeats: list[float], flops_per_image: int, peak: float) -> None:
+    """Median throughput, the paired ratio to the reference, GFLOP/s and share of peak; drops the runner."""
+    m.img_s = statistics.median(m.repeats_img_s)
+    if task == "train":
+        m.data_pct = 100 * m.data_time / m.total_time
+    # Paired: each repeat against the reference's repeat of the same round (seconds
+    # apart), so load that comes and goes between rounds cancels out of the ratio.
+    m.ratio = statistics.median(x / r for x, r in zip(m.repeats_img_s, ref_repeats))
+    m.gflops = m.img_s * flops_per_image / 1e9
+    m.peak_pct = 100 * m.gflops / peak
+    m.runner = None
+
+
 def run_bench(
     task: str,
     model_name: str,
@@ -444,138 +592,49 @@ def run_bench(
         raise ValueError(f"the first mode must be {REFERENCE}")
     if batch_size < 1 or repeats < 1 or warmup < 1:
         raise UserError("--batch-size, --repeats and --warmup must be at least 1")
-    family = model_family(model_name)
-    size = tuple(input_size or family.input_size)
+    size = tuple(input_size or model_family(model_name).input_size)
     overrides = {"in_chans": size[0]} if size[0] != 3 else {}
     macs = count_macs(meta_model(model_name, **overrides), size)
     load_before = _loadavg()
-
     precisions = ["fp32"] + sorted({m.precision for m in modes} - {"fp32"})
     peak = _peaks(device, precisions, peak_size)
     log("peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
 
     torch.manual_seed(seed)
     base = create_model(model_name, **overrides)
-    gen = torch.Generator().manual_seed(seed)
-    loaders: dict[bool, MemoryLoader] = {}
-    if task == "train":
-        # Synthetic uint8 images through the real loader: crop + flip + normalise as in training.
-        # As many as fast-cifar's 45k-image split where they fit in LOADER_BYTES: the per-batch
-        # shuffle (a permutation of the whole set) is part of the data path being measured.
-        padded = size[0] * (size[1] + 8) * (size[2] + 8)
-        n = min(45_000, max(4 * batch_size, LOADER_BYTES // padded))
-        images = torch.randint(0, 256, (n, *size), generator=gen, dtype=torch.uint8)
-        labels = torch.randint(0, base.num_classes, (n,), generator=gen)
-        for cl in {m.channels_last for m in modes}:
-            loaders[cl] = MemoryLoader(images, labels, batch_size, train=True, mean=[0.5] * size[0],
-                                       std=[0.25] * size[0], device=device, channels_last=cl, seed=seed)
-        check_batch = loaders[modes[0].channels_last].batch(0, 0)
-    else:
-        x = torch.randn(batch_size, *size, generator=gen)
-
+    measured: dict[tuple, Measurement] = {}  # one record per set of flags
     results: list[ModeResult] = []
-    runners: dict[tuple, _Runner] = {}
-    first_result: dict[tuple, ModeResult] = {}
-    ref_out: Tensor | None = None
-    ref_grad: Tensor | None = None
-    sensitivity: dict[str, dict[str, float]] = {}
+    ref: _Reference | None = None
     with tempfile.TemporaryDirectory(prefix="resnetlab-bench-") as tmp:
+        setup = _Setup(task, device, base, *_bench_inputs(task, base, modes, size, batch_size, device, seed),
+                       Path(tmp), warmup, {m.precision for m in modes if m.runtime == "torch"})
         for mode in modes:
-            tol, min_cos = TOLERANCE[mode.amp]
-            res = ModeResult(mode, tolerance=tol, grad_min_cosine=min_cos if task == "train" else None)
-            results.append(res)
-            if mode.flags in first_result:  # e.g. ``default`` equal to a listed mode: measured once
-                continue
-            first_result[mode.flags] = res
-            log(f"setting up {mode.name} ({mode.summary()})")
-            t0 = time.perf_counter()
-            try:
-                if mode.runtime == "onnxruntime":
-                    runner: _Runner = _OnnxRunner(base, x, Path(tmp))
-                elif task == "train":
-                    runner = _TrainRunner(base, mode, loaders[mode.channels_last], check_batch, device)
-                else:
-                    runner = _InferRunner(base, mode, x, device)
-                out, grad = runner.check()
-                if mode.name == REFERENCE:  # before any step changes the weights
-                    sensitivity = _sensitivity(runner, out, grad, {m.precision for m in modes if m.runtime == "torch"})
-                for i in range(warmup):
-                    runner.step(i)
-                synchronize(device)
-            except _Skip as exc:
-                res.skipped = str(exc)
-            except Exception as exc:  # noqa: BLE001 - a mode that fails here (e.g. no C compiler) is reported
-                if mode.name == REFERENCE:
-                    raise
-                res.skipped = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            res.setup_s = time.perf_counter() - t0
-            if res.skipped:
-                log(f"  skipped: {res.skipped}")
-                continue
-            if mode.name == REFERENCE:
-                ref_out, ref_grad = out, grad
-            res.tolerance, min_cos = calibrated_limits(mode.amp, sensitivity.get(mode.precision))
-            if res.grad_min_cosine is not None:
-                res.grad_min_cosine = min_cos
-            res.error = relative_error(out, ref_out)
-            if grad is not None and ref_grad is not None:
-                res.grad_cosine = gradient_cosine(grad, ref_grad)
-            res.agrees = res.error <= res.tolerance and (res.grad_cosine is None or min_cos is None
-                                                         or res.grad_cosine >= min_cos)
-            runners[mode.flags] = runner
-
-        # Calibrate: enough iterations per repeat for about ``min_time`` seconds.
-        iters: dict[tuple, int] = {}
-        counter: dict[tuple, int] = {}
-        for flags, runner in runners.items():
-            synchronize(device)
-            t0 = time.perf_counter()
-            runner.step(warmup)
-            synchronize(device)
-            iters[flags] = max(1, math.ceil(min_time / max(time.perf_counter() - t0, 1e-6)))
-            counter[flags] = warmup + 1
-        data_time = {flags: 0.0 for flags in runners}
-        total_time = {flags: 0.0 for flags in runners}
+            if mode.flags not in measured:
+                log(f"setting up {mode.name} ({mode.summary()})")
+                measured[mode.flags], ref = _set_up(mode, setup, ref)
+                if measured[mode.flags].skipped:
+                    log(f"  skipped: {measured[mode.flags].skipped}")
+            results.append(ModeResult(mode, measured[mode.flags]))
+        live = [m for m in measured.values() if m.runner is not None]
+        for m in live:
+            _calibrate(m, min_time, device)
         for rep in range(repeats):
-            for flags, runner in runners.items():
-                synchronize(device)
-                t0 = time.perf_counter()
-                for _ in range(iters[flags]):
-                    data_time[flags] += runner.step(counter[flags])
-                    counter[flags] += 1
-                synchronize(device)
-                elapsed = time.perf_counter() - t0
-                total_time[flags] += elapsed
-                first_result[flags].repeats_img_s.append(iters[flags] * runner.images_per_step / elapsed)
+            for m in live:
+                _time_repeat(m, device)
             log(f"repeat {rep + 1}/{repeats} done")
         if profile_steps > 0:
-            for flags, runner in runners.items():
-                first_result[flags].profile = profile_ops(runner, counter[flags], profile_steps, device)
-                counter[flags] += profile_steps
+            for m in live:
+                m.profile = profile_ops(m.runner, m.next_step, profile_steps, device)
+                m.next_step += profile_steps
             log(f"profiled {profile_steps} steps per mode")
 
     # The peak once more after the modes, keeping the better: load may have eased since.
     peak = {k: max(v, peak[k]) for k, v in _peaks(device, precisions, peak_size).items()}
-    for flags, res in first_result.items():
-        if flags in runners:
-            res.img_s = statistics.median(res.repeats_img_s)
-            if task == "train":
-                res.data_pct = 100 * data_time[flags] / total_time[flags]
-    ref_repeats = results[0].repeats_img_s
     result = BenchResult(task, model_name, device_name(device), batch_size, size, macs, peak, results,
-                         torch.get_num_threads(), load_before, _loadavg(), sensitivity)
-    for res in results:
-        src = first_result[res.mode.flags]
-        if src is not res:
-            for name in ("img_s", "repeats_img_s", "data_pct", "error", "grad_cosine", "agrees", "skipped", "profile",
-                         "tolerance", "grad_min_cosine"):
-                setattr(res, name, getattr(src, name))
-        if res.img_s is not None:
-            # Paired: each repeat against the reference's repeat of the same round (seconds
-            # apart), so load that comes and goes between rounds cancels out of the ratio.
-            res.ratio = statistics.median(m / r for m, r in zip(res.repeats_img_s, ref_repeats))
-            res.gflops = res.img_s * result.flops_per_image / 1e9
-            res.peak_pct = 100 * res.gflops / peak[res.mode.precision]
+                         torch.get_num_threads(), load_before, _loadavg(), ref.sensitivity)
+    ref_repeats = list(results[0].repeats_img_s)
+    for m in live:
+        _summarise(m, task, ref_repeats, result.flops_per_image, peak[m.precision])
     return result
 
 
