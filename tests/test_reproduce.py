@@ -157,6 +157,21 @@ def test_reproduce_trains_in_fp32_by_default_and_says_what_it_used() -> None:
     assert (base_config(BUDGETS["full"], None, None, "cpu", amp="bf16", compile=True).amp, True) == ("bf16", True)
 
 
+@pytest.mark.parametrize("depth", [20, 56, 110])
+def test_short_budget_ramps_every_depth_and_full_keeps_the_papers_warm_up(depth: int) -> None:
+    from resnetlab.engine.schedule import lr_at
+
+    short = train_mod.resolve_schedule(base_config(BUDGETS["short"], None, None, "cpu"), 351, depth)
+    ramp = round(0.1 * BUDGETS["short"].iters)
+    assert short.warmup_iters == ramp and short.warmup_lr is None
+    assert lr_at(0, short) == pytest.approx(0.1 / ramp) and lr_at(ramp // 2 - 1, short) == pytest.approx(0.05)
+    assert lr_at(ramp, short) == pytest.approx(0.1) and lr_at(short.milestones[0], short) == pytest.approx(0.01)
+    full = train_mod.resolve_schedule(base_config(BUDGETS["full"], None, None, "cpu"), 351, depth)
+    # Sec. 4.2: lr 0.01 for the first 400 iterations, only at 110 layers and deeper.
+    assert (full.warmup_iters, lr_at(0, full)) == ((400, 0.01) if depth >= 110 else (0, 0.1))
+    assert lr_at(400, full) == pytest.approx(0.1)
+
+
 def test_invocations_of_another_budget_are_not_carried(tmp_path: Path) -> None:
     """A report rewritten at another budget or length must not add the old runs' hours to the new ones'."""
     from resnetlab.experiments.reproduce import previous_invocations
