@@ -25,6 +25,7 @@ import json
 import math
 import os
 import shlex
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,6 +265,117 @@ def curves_figure(path: Path, panels: Sequence[tuple[str, list[tuple[str, list[d
     return save_figure(fig, path, caption, title)
 
 
+# --------------------------------------------------------------------------------------------- experiments as data
+
+
+@dataclass(frozen=True)
+class Column:
+    """A report table column: its header and its cell for one configuration, ``cell(ctx, label, summary[label])``."""
+
+    header: str
+    cell: Callable[[Context, str, dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One of the paper's claims: whether it holds, and the sentence (with its numbers) saying what was compared.
+
+    Both are pure functions of the experiment's summary, so each can be tested on synthetic summaries.
+    """
+
+    holds: Callable[[dict[str, Any]], bool]
+    claim: Callable[[dict[str, Any]], str]
+
+
+RunList = Sequence[tuple[str, str, dict[str, Any], str]]  # (label, model, model args, group)
+
+
+def _train_all(ctx: Context, specs: list[RunSpec]) -> list[RunRecord]:
+    return ctx.run_all(specs)
+
+
+def _summarise_runs(_ctx: Context, records: list[RunRecord]) -> dict[str, Any]:
+    return run_summary(records)
+
+
+def _nothing(*_args: Any) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """An experiment as data: its runs, table columns, figure and checks; :func:`render` writes the report.
+
+    ``obtain`` trains the runs or reads back finished ones; ``collect`` turns the records into the
+    per-configuration summary that columns, checks and figure read (default :func:`run_summary`);
+    ``notes`` adds text after the checks, ``extra`` numbers to ``results.json``, ``config`` settings
+    to ``config.json``.
+    """
+
+    name: str
+    title: str
+    runs: Callable[[Context], RunList]
+    columns: Sequence[Column]
+    what: Callable[[Context, list[RunRecord]], str]
+    figure: Callable[[Context, dict[str, Any], list[RunRecord]], Path]
+    headline: Callable[[dict[str, Any]], list[str]]
+    checks: dict[str, Check] = field(default_factory=dict)
+    claims_heading: str = ""
+    table_heading: str = "Results"
+    summary_key: str = "runs"
+    obtain: Callable[[Context, list[RunSpec]], list[RunRecord]] = _train_all
+    collect: Callable[[Context, list[RunRecord]], dict[str, Any]] = _summarise_runs
+    notes: Callable[[Context, dict[str, Any], dict[str, bool], list[RunRecord]], str] | None = None
+    extra: Callable[[Context, dict[str, Any], list[RunRecord]], dict[str, Any]] = _nothing
+    config: Callable[[Context, list[RunRecord]], dict[str, Any]] = _nothing
+
+
+def check_all(checks: dict[str, Check], summary: dict[str, Any]) -> dict[str, bool]:
+    """Every named check over ``summary``."""
+    return {name: c.holds(summary) for name, c in checks.items()}
+
+
+def render(exp: Experiment, ctx: Context) -> Outcome:
+    """Obtain the runs, then the report every experiment shares: what is run, the table, the checks, the budget."""
+    runs = exp.runs(ctx)
+    records = exp.obtain(ctx, ctx.specs(runs))
+    summary = exp.collect(ctx, records)
+    checks = check_all(exp.checks, summary)
+    figure = exp.figure(ctx, summary, records)
+    table = markdown_table([c.header for c in exp.columns],
+                           [[c.cell(ctx, label, summary[label]) for c in exp.columns] for label, *_ in runs])
+    sections = [("What is run", exp.what(ctx, records)), (exp.table_heading, table)]
+    if exp.checks or exp.notes:
+        reading = "\n".join(f"- {c.claim(summary)}: {verdict(checks[n])}." for n, c in exp.checks.items())
+        sections.append((exp.claims_heading, reading + (exp.notes(ctx, summary, checks, records) if exp.notes else "")))
+    sections.append(("What this budget does and does not show", budget_note(ctx, exp.name)))
+    results = {exp.summary_key: summary, **({"checks": checks} if exp.checks else {}), **exp.extra(ctx, summary, records)}
+    return Outcome(exp.title, sections, results, [figure.name], records, exp.headline(summary),
+                   exp.config(ctx, records))
+
+
+def network_cell(_ctx: Context, label: str, _e: dict[str, Any]) -> str:
+    return display_name(label)
+
+
+def params_cell(_ctx: Context, _label: str, e: dict[str, Any]) -> str:
+    return f"{e['params']:,}"
+
+
+def stat_cell(key: str, spread: bool = True) -> Callable[[Context, str, dict[str, Any]], str]:
+    """A ``mean ± std`` cell of a :func:`run_summary` statistic (± only over several seeds when ``spread``)."""
+    return lambda ctx, _label, e: fmt_stat(e[key], spread and ctx.seeds > 1)
+
+
+def curve_panels(ctx: Context, summary: dict[str, Any], records: list[RunRecord], file: str, title: str,
+                 panels: Sequence[tuple[str, Sequence[tuple[str, str, str]]]], extra: str) -> Path:
+    """Paper-style curves, one panel per ``(title, [(label, legend, colour), ...])``."""
+    drawn = [(t, [(legend, summary[label]["history"]) for label, legend, _ in runs], [c for *_, c in runs])
+             for t, runs in panels]
+    caption = caption_line(ctx.data_text(records), ctx.schedule_text(records), None, extra)
+    return curves_figure(ctx.out / file, drawn, records, caption, title)
+
+
 # --------------------------------------------------------------------------------------------- degradation
 
 DEGRADATION_DEPTHS = (20, 32, 44, 56)
@@ -281,113 +393,124 @@ def start_up(records: Sequence[RunRecord]) -> dict[str, dict[str, float | None]]
     return out
 
 
+def _finals(s: dict[str, Any], arch: str, key: str) -> list[float]:
+    """``key``'s mean over seeds for ``arch`` at every degradation depth."""
+    return [s[f"{arch}{d}"][key]["mean"] for d in DEGRADATION_DEPTHS]
+
+
+def _pair(s: dict[str, Any], arch: str, key: str, what: str) -> str:
+    """``(ResNet-56 12.34% vs ResNet-20 23.45% training)``; ``what`` may be empty."""
+    v = _finals(s, arch, key)
+    name = display_name(f"{arch}{DEGRADATION_DEPTHS[-1]}"), display_name(f"{arch}{DEGRADATION_DEPTHS[0]}")
+    return f"({name[0]} {fmt_pct(v[-1])}% vs {name[1]} {fmt_pct(v[0])}%" + (f" {what})" if what else ")")
+
+
+def _series(s: dict[str, Any], arch: str, key: str) -> str:
+    return " / ".join(fmt_pct(v) for v in _finals(s, arch, key)) + "%"
+
+
+def _gains(s: dict[str, Any]) -> list[float]:
+    """Plain minus ResNet training error at every depth (points): what the residual form buys."""
+    return [p - r for p, r in zip(_finals(s, "plain", "final_train_err"), _finals(s, "resnet", "final_train_err"))]
+
+
+def _rising(v: list[float]) -> bool:
+    return all(a < b for a, b in zip(v, v[1:]))
+
+
+DEPTHS_TEXT = "/".join(map(str, DEGRADATION_DEPTHS))
+# The claims of the paper's Fig. 6 over the final errors (mean over seeds).
+DEGRADATION_CHECKS = {
+    "plain56_train_err_above_plain20": Check(
+        lambda s: _finals(s, "plain", "final_train_err")[-1] > _finals(s, "plain", "final_train_err")[0],
+        lambda s: "Deeper plain net has higher *training* error " + _pair(s, "plain", "final_train_err", "")),
+    "plain_train_err_rises_with_depth": Check(
+        lambda s: _rising(_finals(s, "plain", "final_train_err")),
+        lambda s: f"Plain training error strictly rising over {DEPTHS_TEXT} ({_series(s, 'plain', 'final_train_err')})"),
+    "resnet56_val_err_below_resnet20": Check(
+        lambda s: _finals(s, "resnet", "final_val_err")[-1] < _finals(s, "resnet", "final_val_err")[0],
+        lambda s: "Deeper ResNet has lower error " + _pair(s, "resnet", "final_val_err", "validation")),
+    "resnet_val_err_falls_with_depth": Check(
+        lambda s: _rising(_finals(s, "resnet", "final_val_err")[::-1]),
+        lambda s: f"ResNet validation error strictly falling over {DEPTHS_TEXT} "
+                  f"({_series(s, 'resnet', 'final_val_err')})"),
+    "resnet56_train_err_below_resnet20": Check(
+        lambda s: _finals(s, "resnet", "final_train_err")[-1] < _finals(s, "resnet", "final_train_err")[0],
+        lambda s: "Deeper ResNet has lower training error " + _pair(s, "resnet", "final_train_err", "training")),
+    "resnet56_val_err_below_plain56": Check(
+        lambda s: s["resnet56"]["final_val_err"]["mean"] < s["plain56"]["final_val_err"]["mean"],
+        lambda s: f"ResNet-56 beats plain-56 on validation error ({fmt_stat(s['resnet56']['final_val_err'], False)}% "
+                  f"vs {fmt_stat(s['plain56']['final_val_err'], False)}%)"),
+    # Fig. 6 left against middle: at the same depth and parameter count the residual net trains better,
+    # and by more the deeper the nets (the plain nets degrade, the residual ones far less).
+    "resnet_train_err_below_plain_at_every_depth": Check(
+        lambda s: all(g > 0 for g in _gains(s)),
+        lambda s: "At every depth the ResNet has lower training error than the plain net with the same parameters"),
+    "residual_gain_grows_with_depth": Check(
+        lambda s: _gains(s)[-1] > _gains(s)[0],
+        lambda s: "The gain (plain minus ResNet, points of training error) is larger at 56 layers than at 20 ("
+                  + ", ".join(f"{d}: {fmt_pct(g)}" for d, g in zip(DEGRADATION_DEPTHS, _gains(s))) + ")"),
+}
+
+
 def degradation_checks(summary: dict[str, Any]) -> dict[str, bool]:
-    """The claims of the paper's Fig. 6 as booleans over a run summary (final errors, mean over seeds).
-
-    ``summary`` needs ``plain{d}`` and ``resnet{d}`` for d in :data:`DEGRADATION_DEPTHS`, each with
-    ``final_train_err`` and ``final_val_err`` as ``{"mean": ...}``.
-    """
-    def final(arch: str, key: str) -> list[float]:
-        return [summary[f"{arch}{d}"][key]["mean"] for d in DEGRADATION_DEPTHS]
-
-    plain_train, plain_val = final("plain", "final_train_err"), final("plain", "final_val_err")
-    res_train, res_val = final("resnet", "final_train_err"), final("resnet", "final_val_err")
-    return {
-        "plain56_train_err_above_plain20": plain_train[-1] > plain_train[0],
-        "plain_train_err_rises_with_depth": all(a < b for a, b in zip(plain_train, plain_train[1:])),
-        "resnet56_val_err_below_resnet20": res_val[-1] < res_val[0],
-        "resnet_val_err_falls_with_depth": all(a > b for a, b in zip(res_val, res_val[1:])),
-        "resnet56_train_err_below_resnet20": res_train[-1] < res_train[0],
-        "resnet56_val_err_below_plain56": res_val[-1] < plain_val[-1],
-        # Fig. 6 left against middle: at the same depth and parameter count, the residual net trains better,
-        # and by more the deeper the nets (the plain nets degrade, the residual ones far less).
-        "resnet_train_err_below_plain_at_every_depth": all(r < p for r, p in zip(res_train, plain_train)),
-        "residual_gain_grows_with_depth": (plain_train[-1] - res_train[-1]) > (plain_train[0] - res_train[0]),
-    }
+    """The claims of the paper's Fig. 6 as booleans over a run summary (``plain{d}``/``resnet{d}`` entries)."""
+    return check_all(DEGRADATION_CHECKS, summary)
 
 
-def degradation(ctx: Context) -> Outcome:
-    """He et al. 2015 Fig. 6: plain nets get *worse* with depth (even in training error), ResNets better."""
-    models = [(f"{arch}{d}", f"{arch}{d}", {}, arch) for arch in ("plain", "resnet") for d in DEGRADATION_DEPTHS]
-    records = ctx.run_all(ctx.specs(models))
-    summary = run_summary(records)
-    panels = []
-    for arch, colors, title in (("plain", PLAIN_COLOR, "plain networks"), ("resnet", RESNET_COLOR, "ResNets")):
-        runs = [(f"{'plain' if arch == 'plain' else 'ResNet'}-{d}", summary[f"{arch}{d}"]["history"])
-                for d in DEGRADATION_DEPTHS]
-        panels.append((title, runs, [colors[d] for d in DEGRADATION_DEPTHS]))
-    seeds_note = f"mean of {ctx.seeds} seeds" if ctx.seeds > 1 else "seed 0"
-    val_name = records[0].config["resolved"].get("val_name") or "val"
-    caption = caption_line(ctx.data_text(records), ctx.schedule_text(records), None,
-                           f"{seeds_note}; thin dashed: training error (augmented batches, averaged over each "
-                           f"evaluation interval), bold: {val_name} error; dotted verticals: lr drops")
-    fig = curves_figure(ctx.out / "degradation.png", panels, records, caption,
-                        "Plain vs residual networks on CIFAR-10 (He et al. 2015 Fig. 6)")
-
-    def final(label: str, key: str) -> float:
-        return summary[label][key]["mean"]
-
-    plain_train = [final(f"plain{d}", "final_train_err") for d in DEGRADATION_DEPTHS]
-    res_val = [final(f"resnet{d}", "final_val_err") for d in DEGRADATION_DEPTHS]
-    res_train = [final(f"resnet{d}", "final_train_err") for d in DEGRADATION_DEPTHS]
-    checks = degradation_checks(summary)
-    gains = ", ".join(f"{d}: {fmt_pct(p - r)}" for d, p, r in zip(DEGRADATION_DEPTHS, plain_train, res_train))
-    rows = []
-    for arch in ("plain", "resnet"):
-        for d in DEGRADATION_DEPTHS:
-            e = summary[f"{arch}{d}"]
-            rows.append([f"{'plain' if arch == 'plain' else 'ResNet'}-{d}", f"{e['params']:,}",
-                         fmt_stat(e["final_train_err"], ctx.seeds > 1), fmt_stat(e["final_val_err"], ctx.seeds > 1),
-                         fmt_stat(e["best_val_err"], False), f"{sum(e['wall_seconds']):.0f}"])
-    table = markdown_table(["network", "params", "final train err (%)", "final val err (%)", "best val err (%)",
-                            "wall (s)"], rows)
-
-    reading = (
-        f"- Deeper plain net has higher *training* error (plain-56 {fmt_pct(plain_train[-1])}% vs plain-20 "
-        f"{fmt_pct(plain_train[0])}%): {verdict(checks['plain56_train_err_above_plain20'])}; strictly rising over "
-        f"20/32/44/56: {verdict(checks['plain_train_err_rises_with_depth'])}.\n"
-        f"- Deeper ResNet has lower error (ResNet-56 {fmt_pct(res_val[-1])}% vs ResNet-20 {fmt_pct(res_val[0])}% "
-        f"validation): {verdict(checks['resnet56_val_err_below_resnet20'])}; strictly falling over 20/32/44/56: "
-        f"{verdict(checks['resnet_val_err_falls_with_depth'])}; in training error (ResNet-56 "
-        f"{fmt_pct(res_train[-1])}% vs ResNet-20 {fmt_pct(res_train[0])}%): "
-        f"{verdict(checks['resnet56_train_err_below_resnet20'])}.\n"
-        f"- ResNet-56 beats plain-56 on validation error: {verdict(checks['resnet56_val_err_below_plain56'])}.\n"
-        f"- At every depth the ResNet has lower training error than the plain net with the same parameters: "
-        f"{verdict(checks['resnet_train_err_below_plain_at_every_depth'])}; the gain (plain minus ResNet, points of "
-        f"training error) is larger at 56 layers than at 20: {verdict(checks['residual_gain_grows_with_depth'])} "
-        f"({gains}).")
+def _start_up_notes(ctx: Context, _s: dict[str, Any], checks: dict[str, bool], records: list[RunRecord]) -> str:
+    """The evidence for how each run started, and why a short run can reverse the ResNet ordering."""
+    text = ""
     start = start_up(records)
     if start:
-        reading += "\n\nHow each run started (training loss of single iterations, seed 0, from `metrics.jsonl`'s " \
-                   "`early_losses`; chance is ln 10 = 2.30):\n\n" + markdown_table(
-                       ["network", "peak in iterations 1-20", "iteration 40", "iteration 200"],
-                       [[display_name(label), *(f"{v:.2f}" if v is not None else "-" for v in
-                                                (e["peak_1_20"], e["at_40"], e["at_200"]))]
-                        for label, e in start.items()])
+        text += "\n\nHow each run started (training loss of single iterations, seed 0, from `metrics.jsonl`'s " \
+                "`early_losses`; chance is ln 10 = 2.30):\n\n" + markdown_table(
+                    ["network", "peak in iterations 1-20", "iteration 40", "iteration 200"],
+                    [[display_name(label), *(f"{v:.2f}" if v is not None else "-" for v in
+                                             (e["peak_1_20"], e["at_40"], e["at_200"]))] for label, e in start.items()])
     if not checks["resnet56_val_err_below_resnet20"] and ctx.budget.name != "full":
-        reading += (
+        text += (
             "\n\nWhy the ResNet ordering can be reversed at this budget: the table above shows how each net starts "
-            "under the schedule and in the precision stated above; the paper notes lr 0.1 "
-            "is \"slightly too large to start converging\" for 110 layers (Sec. 4.2), and a run this short, whose "
-            "lr drops at 50%, leaves the nets that start worst little time to catch up. The paper's result is "
-            "about where training ends after 64k iterations; to see it, use `--budget full` or a longer `--iters`.")
-    sections = [
-        ("What is run", (
-            "The paper's CIFAR-10 recipe (He et al. 2015 Sec. 4.2: SGD, momentum 0.9, weight decay 1e-4, batch 128, "
+            "under the schedule and in the precision stated above; the paper notes lr 0.1 is \"slightly too large "
+            "to start converging\" for 110 layers (Sec. 4.2), and a run this short, whose lr drops at 50%, leaves "
+            "the nets that start worst little time to catch up. The paper's result is about where training ends "
+            "after 64k iterations; to see it, use `--budget full` or a longer `--iters`.")
+    return text
+
+
+def _degradation_what(ctx: Context, _records: list[RunRecord]) -> str:
+    return ("The paper's CIFAR-10 recipe (He et al. 2015 Sec. 4.2: SGD, momentum 0.9, weight decay 1e-4, batch 128, "
             "lr 0.1 divided by 10 at 50% and 75% of the run, 4-pixel pad + random crop + flip) for plain and "
             "residual nets of depth 20, 32, 44 and 56 (option A shortcuts, so both kinds have the same "
             f"parameters). Budget `{ctx.budget.name}`: {ctx.budget.description}. Errors are at the end of "
             "training (last evaluation); \"best\" is the lowest validation error over one run's evaluations, an "
-            "optimistic number, not the paper's best of several runs.")),
-        ("Results", table),
-        ("What the paper's Fig. 6 shows, and whether this run shows it", reading),
-        ("What this budget does and does not show", budget_note(ctx, "degradation")),
-    ]
-    results = {"runs": summary, "checks": checks, "depths": list(DEGRADATION_DEPTHS), "start_up": start}
-    headline = [f"plain train err 20->56: {fmt_pct(plain_train[0])}% -> {fmt_pct(plain_train[-1])}%; "
-                f"ResNet val err 20->56: {fmt_pct(res_val[0])}% -> {fmt_pct(res_val[-1])}%"]
-    return Outcome("Degradation: plain vs residual networks (He et al. 2015 Fig. 6)", sections, results,
-                   [fig.name], records, headline)
+            "optimistic number, not the paper's best of several runs.")
+
+
+def _degradation_figure(ctx: Context, s: dict[str, Any], records: list[RunRecord]) -> Path:
+    panels = [(title, [(f"{arch}{d}", display_name(f"{arch}{d}"), colors[d]) for d in DEGRADATION_DEPTHS])
+              for arch, colors, title in (("plain", PLAIN_COLOR, "plain networks"), ("resnet", RESNET_COLOR, "ResNets"))]
+    seeds_note = f"mean of {ctx.seeds} seeds" if ctx.seeds > 1 else "seed 0"
+    val_name = records[0].config["resolved"].get("val_name") or "val"
+    return curve_panels(ctx, s, records, "degradation.png", "Plain vs residual networks on CIFAR-10 (He et al. 2015 "
+                        "Fig. 6)", panels, f"{seeds_note}; thin dashed: training error (augmented batches, averaged "
+                        f"over each evaluation interval), bold: {val_name} error; dotted verticals: lr drops")
+
+
+DEGRADATION = Experiment(
+    "degradation", "Degradation: plain vs residual networks (He et al. 2015 Fig. 6)",
+    runs=lambda ctx: [(f"{a}{d}", f"{a}{d}", {}, a) for a in ("plain", "resnet") for d in DEGRADATION_DEPTHS],
+    columns=[Column("network", network_cell), Column("params", params_cell),
+             Column("final train err (%)", stat_cell("final_train_err")),
+             Column("final val err (%)", stat_cell("final_val_err")),
+             Column("best val err (%)", stat_cell("best_val_err", spread=False)),
+             Column("wall (s)", lambda _c, _l, e: f"{sum(e['wall_seconds']):.0f}")],
+    what=_degradation_what, figure=_degradation_figure, checks=DEGRADATION_CHECKS, notes=_start_up_notes,
+    claims_heading="What the paper's Fig. 6 shows, and whether this run shows it",
+    extra=lambda _ctx, _s, records: {"depths": list(DEGRADATION_DEPTHS), "start_up": start_up(records)},
+    headline=lambda s: [f"plain train err 20->56: {_series(s, 'plain', 'final_train_err')}; "
+                        f"ResNet val err 20->56: {_series(s, 'resnet', 'final_val_err')}"],
+)
 
 
 def budget_note(ctx: Context, experiment: str) -> str:
@@ -427,22 +550,17 @@ PAPER_TABLE6_ERR = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.9
 PAPER_TABLE6_PARAMS = {20: "0.27M", 32: "0.46M", 44: "0.66M", 56: "0.85M", 110: "1.7M", 1202: "19.4M"}
 
 
-def table6(ctx: Context) -> Outcome:
-    """He et al. 2015 Table 6: ResNet-20/32/44/56/110 (1202 on request), params and error mean ± std over seeds."""
-    depths = [20, 32, 44, 56, 110] + ([1202] if ctx.with_1202 else [])
-    records = ctx.run_all(ctx.specs([(f"resnet{d}", f"resnet{d}", {}, "resnet") for d in depths]))
-    summary = run_summary(records)
-    rows = []
-    for d in depths:
-        e = summary[f"resnet{d}"]
-        best = e["best_run_val_err"]
-        rows.append([f"ResNet-{d}", f"{e['params'] / 1e6:.2f}M", PAPER_TABLE6_PARAMS[d],
-                     fmt_stat(e["final_val_err"]), f"{fmt_pct(best['value'])} (seed {best['seed']})",
-                     f"{PAPER_TABLE6_ERR[d]:.2f}" + (" (best of 5 runs; mean 6.61 ± 0.16)" if d == 110 else ""),
-                     len(e["seeds"])])
-    table = markdown_table(["network", "params", "paper params", "final val err (%) mean ± std",
-                            "best run: final val err (%)", "paper test err (%)", "seeds"], rows)
+def _table6_depths(ctx: Context) -> list[int]:
+    return [20, 32, 44, 56, 110] + ([1202] if ctx.with_1202 else [])
 
+
+def _depth(label: str) -> int:
+    return int(label.removeprefix("resnet"))
+
+
+def _table6_figure(ctx: Context, summary: dict[str, Any], records: list[RunRecord]) -> Path:
+    """Error against depth beside the paper's, and the training curves."""
+    depths = [_depth(label) for label in summary]
     fig, axes = new_figure(1, 2, panel_size=(5.4, 4.2))
     ax = axes[0, 0]
     means = [100 * summary[f"resnet{d}"]["final_val_err"]["mean"] for d in depths]
@@ -467,23 +585,40 @@ def table6(ctx: Context) -> Outcome:
                          fontsize=10)
     caption = caption_line(ctx.data_text(records), ctx.schedule_text(records), None,
                            f"{ctx.seeds_text(True)}; paper numbers are CIFAR-10 test error after 64k iterations")
-    path = save_figure(fig, ctx.out / "table6.png", caption, "CIFAR-10 ResNets (He et al. 2015 Table 6)")
-    sections = [
-        ("What is run", (
-            f"ResNet-{', '.join(map(str, depths))} (option A shortcuts) with the paper's recipe (He et al. 2015 "
-            f"Sec. 4.2; 110 layers and deeper warm up at lr 0.01 for 400 of 64k iterations), {ctx.seeds_text()}. "
-            f"Budget `{ctx.budget.name}`: {ctx.budget.description}. {ctx.split_text(records)} As the paper "
-            "reports ResNet-110, each network has the mean ± std of the final validation error over seeds and "
-            "the best run (lowest final error); with one seed both are that run.")),
-        ("Table 6", table),
-        ("What this budget does and does not show", budget_note(ctx, "table6")),
-    ]
-    results = {"runs": summary, "paper_test_err_pct": {str(k): v for k, v in PAPER_TABLE6_ERR.items()},
-               "depths": depths}
-    headline = [f"ResNet-{d}: {fmt_pct(summary[f'resnet{d}']['final_val_err']['mean'])}% "
-                f"(paper {PAPER_TABLE6_ERR[d]}%)" for d in depths]
-    return Outcome("CIFAR-10 ResNets against He et al. 2015 Table 6", sections, results, [path.name], records,
-                   headline)
+    return save_figure(fig, ctx.out / "table6.png", caption, "CIFAR-10 ResNets (He et al. 2015 Table 6)")
+
+
+def _table6_what(ctx: Context, records: list[RunRecord]) -> str:
+    return (f"ResNet-{', '.join(map(str, _table6_depths(ctx)))} (option A shortcuts) with the paper's recipe (He et "
+            f"al. 2015 Sec. 4.2; 110 layers and deeper warm up at lr 0.01 for 400 of 64k iterations), "
+            f"{ctx.seeds_text()}. Budget `{ctx.budget.name}`: {ctx.budget.description}. {ctx.split_text(records)} "
+            "As the paper reports ResNet-110, each network has the mean ± std of the final validation error over "
+            "seeds and the best run (lowest final error); with one seed both are that run.")
+
+
+def _best_run_cell(_ctx: Context, _label: str, e: dict[str, Any]) -> str:
+    return f"{fmt_pct(e['best_run_val_err']['value'])} (seed {e['best_run_val_err']['seed']})"
+
+
+def _paper_t6_cell(_ctx: Context, label: str, _e: dict[str, Any]) -> str:
+    return f"{PAPER_TABLE6_ERR[_depth(label)]:.2f}" + (" (best of 5 runs; mean 6.61 ± 0.16)"
+                                                       if _depth(label) == 110 else "")
+
+
+TABLE6 = Experiment(
+    "table6", "CIFAR-10 ResNets against He et al. 2015 Table 6",
+    runs=lambda ctx: [(f"resnet{d}", f"resnet{d}", {}, "resnet") for d in _table6_depths(ctx)],
+    columns=[Column("network", network_cell), Column("params", lambda _c, _l, e: f"{e['params'] / 1e6:.2f}M"),
+             Column("paper params", lambda _c, label, _e: PAPER_TABLE6_PARAMS[_depth(label)]),
+             Column("final val err (%) mean ± std", lambda _c, _l, e: fmt_stat(e["final_val_err"])),
+             Column("best run: final val err (%)", _best_run_cell), Column("paper test err (%)", _paper_t6_cell),
+             Column("seeds", lambda _c, _l, e: len(e["seeds"]))],
+    what=_table6_what, figure=_table6_figure, table_heading="Table 6",
+    extra=lambda ctx, _s, _r: {"paper_test_err_pct": {str(k): v for k, v in PAPER_TABLE6_ERR.items()},
+                               "depths": _table6_depths(ctx)},
+    headline=lambda s: [f"{display_name(k)}: {fmt_pct(e['final_val_err']['mean'])}% "
+                        f"(paper {PAPER_TABLE6_ERR[_depth(k)]}%)" for k, e in s.items()],
+)
 
 
 # --------------------------------------------------------------------------------------------- layer responses
@@ -517,61 +652,67 @@ def _reusable(from_dir: Path, spec: RunSpec, cfg: TrainConfig) -> Path | None:
     return None
 
 
-def response_checks(mean: dict[str, float]) -> dict[str, bool]:
-    """The claims of the paper's Fig. 7 over each network's mean response std (Sec. 4.2)."""
-    return {
-        "resnet20_below_plain20": mean["resnet20"] < mean["plain20"],
-        "resnet56_below_plain56": mean["resnet56"] < mean["plain56"],
-        "resnet_shrinks_20_56_110": mean["resnet20"] > mean["resnet56"] > mean["resnet110"],
-    }
-
-
-def layer_responses(ctx: Context) -> Outcome:
-    """He et al. 2015 Fig. 7: std of every 3x3 layer's response (after BN, before ReLU/addition), trained nets."""
-    specs = ctx.specs([(m, m, {}, g) for m, g in RESPONSE_MODELS])
-    records: list[RunRecord] = []
-    reused: dict[str, str] = {}
+def _reuse_or_train(ctx: Context, specs: list[RunSpec]) -> list[RunRecord]:
+    """The finished runs of ``--from`` where their identity matches; the rest trained here."""
+    records = []
     for spec in specs:
         found = _reusable(ctx.from_dir, spec, ctx.cfg) if ctx.from_dir else None
         if found is not None:
             ctx.log(f"[{spec.name}] reusing the finished run in {found}")
             records.append(read_run(spec, found))
-            reused[spec.name] = str(found)
         else:
             records.append(ensure_run(spec, ctx.cfg, ctx.runs_dir, ctx.log))
+    return records
 
-    data_cache: dict[tuple, Any] = {}
-    measured: dict[str, list[dict[str, list]]] = {}
-    start = time.perf_counter()
-    for rec in records:
-        cfg = rec.config
-        key = (cfg["data"], cfg["val_split"], saved_split_seed(cfg))
-        if key not in data_cache:
-            data_cache[key] = open_data(cfg["data"], val_split=cfg["val_split"], seed=key[2], log=ctx.log)
-        data = data_cache[key]
-        split = data.val if data.val is not None and len(data.val) else data.train
-        images, labels = split.images, split.labels
-        if ctx.images:
-            images, labels = images[: ctx.images], labels[: ctx.images]
-        ckpt = load_checkpoint(rec.out_dir / "last.pt")
-        norm = ckpt["normalization"]
-        loader = MemoryLoader(images, labels, 500, train=False, mean=norm["mean"], std=norm["std"])
-        model = model_from_checkpoint(ckpt)
-        n_measured = len(labels)
-        ctx.log(f"[{rec.spec.name}] measuring layer responses on {n_measured:,} images")
-        measured.setdefault(rec.spec.label, []).append(measure_responses(model, loader.epoch(0)))
-    measure_seconds = time.perf_counter() - start
 
-    responses: dict[str, dict[str, Any]] = {}
-    for label, per_seed in measured.items():
-        n = len(per_seed)
-        std = [sum(s["std"][i] for s in per_seed) / n for i in range(len(per_seed[0]["std"]))]
-        cstd = [sum(s["channel_std"][i] for s in per_seed) / n for i in range(len(per_seed[0]["std"]))]
-        responses[label] = {"layers": per_seed[0]["layers"], "std": std, "channel_std": cstd,
-                            "std_sorted": sorted(std, reverse=True), "mean_std": sum(std) / len(std),
-                            "median_std": sorted(std)[len(std) // 2], "mean_channel_std": sum(cstd) / len(cstd),
-                            "per_seed_std": [s["std"] for s in per_seed]}
+def _reused(ctx: Context, records: Sequence[RunRecord]) -> dict[str, str]:
+    """Run name -> folder, for the runs that came from ``--from`` rather than this experiment's runs folder."""
+    if ctx.from_dir is None:
+        return {}
+    return {r.spec.name: str(r.out_dir) for r in records if r.out_dir.parent.resolve() != ctx.runs_dir.resolve()}
 
+
+def _measure_run(ctx: Context, rec: RunRecord, data_cache: dict[tuple, Any]) -> dict[str, list]:
+    """One trained network's responses (last checkpoint, eval mode) on its own held-out images."""
+    cfg = rec.config
+    key = (cfg["data"], cfg["val_split"], saved_split_seed(cfg))
+    if key not in data_cache:
+        data_cache[key] = open_data(cfg["data"], val_split=cfg["val_split"], seed=key[2], log=ctx.log)
+    data = data_cache[key]
+    split = data.val if data.val is not None and len(data.val) else data.train
+    images, labels = split.images, split.labels
+    if ctx.images:
+        images, labels = images[: ctx.images], labels[: ctx.images]
+    ckpt = load_checkpoint(rec.out_dir / "last.pt")
+    norm = ckpt["normalization"]
+    loader = MemoryLoader(images, labels, 500, train=False, mean=norm["mean"], std=norm["std"])
+    ctx.log(f"[{rec.spec.name}] measuring layer responses on {len(labels):,} images")
+    return {**measure_responses(model_from_checkpoint(ckpt), loader.epoch(0)), "images": len(labels)}
+
+
+def measure_all_responses(ctx: Context, records: list[RunRecord]) -> dict[str, dict[str, Any]]:
+    """Per configuration: each 3x3 layer's response std averaged over seeds, and its summaries."""
+    cache: dict[tuple, Any] = {}
+    reused = _reused(ctx, records)
+    out: dict[str, dict[str, Any]] = {}
+    for label, recs in group_by_label(records).items():
+        start = time.perf_counter()
+        per_seed = [_measure_run(ctx, r, cache) for r in recs]
+        std = [statistics.fmean(s["std"][i] for s in per_seed) for i in range(len(per_seed[0]["std"]))]
+        cstd = [statistics.fmean(s["channel_std"][i] for s in per_seed) for i in range(len(std))]
+        out[label] = {"layers": per_seed[0]["layers"], "std": std, "channel_std": cstd,
+                      "std_sorted": sorted(std, reverse=True), "mean_std": sum(std) / len(std),
+                      "median_std": sorted(std)[len(std) // 2], "mean_channel_std": sum(cstd) / len(cstd),
+                      "per_seed_std": [s["std"] for s in per_seed], "images": per_seed[0]["images"],
+                      "val_err": mean_std([final_err(r) for r in recs])[0], "iters": recs[0].summary.get("total_iters"),
+                      "run": ("reused: " + ", ".join(reused[r.spec.name] for r in recs)
+                              if all(r.spec.name in reused for r in recs) else "trained here"),
+                      "measure_seconds": round(time.perf_counter() - start, 1)}
+    return out
+
+
+def _responses_figure(ctx: Context, responses: dict[str, Any], records: list[RunRecord]) -> Path:
+    """Fig. 7's two panels: responses in layer order, and sorted by magnitude."""
     fig, axes = new_figure(2, 1, panel_size=(9.0, 3.6))
     for row, (key, xlabel, title) in enumerate((
             ("std", "layer index (original order, input to output)", "Responses in layer order"),
@@ -592,121 +733,122 @@ def layer_responses(ctx: Context) -> Outcome:
     seed_note = ("mean over " if ctx.seeds > 1 else "") + ctx.seeds_text()
     caption = caption_line(ctx.data_text(records), ctx.schedule_text(records), None,
                            f"trained nets, eval mode, {seed_note}; std over all outputs of each 3x3 layer's BN "
-                           f"(before ReLU/addition) on {n_measured:,} held-out images")
-    path = save_figure(fig, ctx.out / "layer_responses.png", caption,
+                           f"(before ReLU/addition) on {responses['resnet20']['images']:,} held-out images")
+    return save_figure(fig, ctx.out / "layer_responses.png", caption,
                        "Std of layer responses on CIFAR-10 (He et al. 2015 Fig. 7)")
 
-    mean = {label: responses[label]["mean_std"] for label in responses}
-    checks = response_checks(mean)
-    rows = []
-    for label, _ in RESPONSE_MODELS:
-        r = responses[label]
-        recs = [x for x in records if x.spec.label == label]
-        source = "reused: " + ", ".join(reused[x.spec.name] for x in recs) if all(
-            x.spec.name in reused for x in recs) else "trained here"
-        rows.append([display_name(label), len(r["std"]), f"{r['mean_std']:.3f}", f"{r['median_std']:.3f}",
-                     f"{max(r['std']):.3f}", f"{r['mean_channel_std']:.3f}",
-                     fmt_pct(mean_std([final_err(x) for x in recs])[0]), recs[0].summary.get("total_iters"), source])
-    table = markdown_table(["network", "3x3 layers", "mean std", "median std", "max std", "mean channel std",
-                            "val err (%)", "iters", "run"], rows)
 
-    reading = (
-        f"- ResNets respond more weakly than their plain counterparts: ResNet-20 {mean['resnet20']:.3f} vs plain-20 "
-        f"{mean['plain20']:.3f}: {verdict(checks['resnet20_below_plain20'])}; ResNet-56 {mean['resnet56']:.3f} vs "
-        f"plain-56 {mean['plain56']:.3f}: {verdict(checks['resnet56_below_plain56'])}.\n"
-        f"- Deeper ResNets have smaller responses (20 > 56 > 110: {mean['resnet20']:.3f}, {mean['resnet56']:.3f}, "
-        f"{mean['resnet110']:.3f}): {verdict(checks['resnet_shrinks_20_56_110'])}.\n\n"
-        "The paper reads this as support for its motivation (Sec. 3.1): residual functions are generally closer "
-        "to zero than non-residual ones, and with more layers each unit of a ResNet modifies the signal less.")
-    if ctx.budget.name != "full" and not all(checks.values()):
-        near_one = [display_name(k) for k, r in responses.items() if 0.8 <= r["median_std"] <= 1.25]
-        spiky = {display_name(k): (max(r["std"]), r["std"].index(max(r["std"])) + 1)
-                 for k, r in responses.items() if max(r["std"]) > 2 * r["median_std"]}
-        reading += ("\n\nAt this budget the responses mostly reflect how far training has moved BN's scales from "
-                    "their initial 1" + (f" (median response within 0.8-1.25 for {', '.join(near_one)})"
-                                         if near_one else "") + ".")
-        if spiky:
-            reading += (" Layers above twice their network's median: " + "; ".join(
-                f"{k}: {v:.2f} at layer {i}" for k, (v, i) in spiky.items()) + ". These are the networks whose "
-                "start at lr 0.1 was unstable; their first steps inflated some weights and BN scales, and a "
-                "short run has not shrunk them back. The paper's figure is of networks trained for 64k "
-                "iterations.")
+def _m(s: dict[str, Any], label: str) -> float:
+    return s[label]["mean_std"]
+
+
+# The claims of the paper's Fig. 7 over each network's mean response std (Sec. 4.2).
+RESPONSE_CHECKS = {
+    "resnet20_below_plain20": Check(
+        lambda s: _m(s, "resnet20") < _m(s, "plain20"),
+        lambda s: f"ResNet-20 responds more weakly than plain-20 ({_m(s, 'resnet20'):.3f} vs {_m(s, 'plain20'):.3f})"),
+    "resnet56_below_plain56": Check(
+        lambda s: _m(s, "resnet56") < _m(s, "plain56"),
+        lambda s: f"ResNet-56 responds more weakly than plain-56 ({_m(s, 'resnet56'):.3f} vs {_m(s, 'plain56'):.3f})"),
+    "resnet_shrinks_20_56_110": Check(
+        lambda s: _m(s, "resnet20") > _m(s, "resnet56") > _m(s, "resnet110"),
+        lambda s: "Deeper ResNets have smaller responses (20 > 56 > 110: "
+                  + ", ".join(f"{_m(s, k):.3f}" for k in ("resnet20", "resnet56", "resnet110")) + ")"),
+}
+
+
+def response_checks(mean: dict[str, float]) -> dict[str, bool]:
+    """The claims of the paper's Fig. 7 over each network's mean response std."""
+    return check_all(RESPONSE_CHECKS, {k: {"mean_std": v} for k, v in mean.items()})
+
+
+def _response_notes(ctx: Context, responses: dict[str, Any], checks: dict[str, bool], _r: list[RunRecord]) -> str:
+    """What the paper reads into Fig. 7, and what a short budget's responses reflect instead."""
+    text = ("\n\nThe paper reads this as support for its motivation (Sec. 3.1): residual functions are generally "
+            "closer to zero than non-residual ones, and with more layers each unit of a ResNet modifies the signal "
+            "less.")
+    if ctx.budget.name == "full" or all(checks.values()):
+        return text
+    near_one = [display_name(k) for k, r in responses.items() if 0.8 <= r["median_std"] <= 1.25]
+    spiky = {display_name(k): (max(r["std"]), r["std"].index(max(r["std"])) + 1)
+             for k, r in responses.items() if max(r["std"]) > 2 * r["median_std"]}
+    text += ("\n\nAt this budget the responses mostly reflect how far training has moved BN's scales from their "
+             "initial 1" + (f" (median response within 0.8-1.25 for {', '.join(near_one)})" if near_one else "") + ".")
+    if spiky:
+        text += (" Layers above twice their network's median: " + "; ".join(
+            f"{k}: {v:.2f} at layer {i}" for k, (v, i) in spiky.items()) + ". These are the networks whose start "
+            "was unstable; their first steps inflated some weights and BN scales, and a short run has not shrunk "
+            "them back. The paper's figure is of networks trained for 64k iterations.")
+    return text
+
+
+def _responses_what(ctx: Context, _records: list[RunRecord]) -> str:
     from_note = (f"Plain-20/56 and ResNet-20/56 are the runs of `{ctx.from_dir}` where finished ones were found "
                  "there (column \"run\"); the rest were trained here on the same budget."
                  if ctx.from_dir else "Every network was trained here.")
-    sections = [
-        ("What is measured", (
-            "For each trained network (last checkpoint), in eval mode on the held-out validation images: the "
+    return ("For each trained network (last checkpoint), in eval mode on the held-out validation images: the "
             "standard deviation of the output of every 3x3 layer after its BN and before the ReLU or the "
             "addition (He et al. 2015 Sec. 4.2, Fig. 7): the stem's BN and both BNs of every basic unit, "
             "2n per stage + 1 = depth - 1 layers. \"std\" is over all values of the layer (images, channels, "
             "positions); \"mean channel std\" averages each channel's own std, leaving out the spread of the "
-            f"channel means. {from_note} Budget `{ctx.budget.name}`: {ctx.budget.description}.")),
-        ("Results", table),
-        ("What the paper's Fig. 7 shows, and whether this run shows it", reading),
-        ("What this budget does and does not show", budget_note(ctx, "layer-responses")),
-    ]
-    results = {"responses": responses, "checks": checks, "runs": run_summary(records), "reused_runs": reused,
-               "measure_seconds": round(measure_seconds, 1)}
-    headline = [f"mean response std: " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items())]
-    return Outcome("Layer responses of plain and residual networks (He et al. 2015 Fig. 7)", sections, results,
-                   [path.name], records, headline, {"from": str(ctx.from_dir) if ctx.from_dir else None,
-                                                    "reused_runs": reused})
+            f"channel means. {from_note} Budget `{ctx.budget.name}`: {ctx.budget.description}.")
+
+
+LAYER_RESPONSES = Experiment(
+    "layer-responses", "Layer responses of plain and residual networks (He et al. 2015 Fig. 7)",
+    runs=lambda ctx: [(m, m, {}, g) for m, g in RESPONSE_MODELS],
+    columns=[Column("network", network_cell), Column("3x3 layers", lambda _c, _l, r: len(r["std"]))]
+    + [Column(h, lambda _c, _l, r, k=k: f"{r[k] if k != 'max_std' else max(r['std']):.3f}") for h, k in (
+        ("mean std", "mean_std"), ("median std", "median_std"), ("max std", "max_std"),
+        ("mean channel std", "mean_channel_std"))]
+    + [Column("val err (%)", lambda _c, _l, r: fmt_pct(r["val_err"])), Column("iters", lambda _c, _l, r: r["iters"]),
+       Column("run", lambda _c, _l, r: r["run"])],
+    what=_responses_what, figure=_responses_figure, checks=RESPONSE_CHECKS, notes=_response_notes,
+    claims_heading="What the paper's Fig. 7 shows, and whether this run shows it", summary_key="responses",
+    obtain=_reuse_or_train, collect=measure_all_responses,
+    extra=lambda ctx, s, records: {"runs": run_summary(records), "reused_runs": _reused(ctx, records),
+                                   "measure_seconds": round(sum(r["measure_seconds"] for r in s.values()), 1)},
+    config=lambda ctx, records: {"from": str(ctx.from_dir) if ctx.from_dir else None,
+                                 "reused_runs": _reused(ctx, records)},
+    headline=lambda s: ["mean response std: " + ", ".join(f"{k} {_m(s, k):.3f}" for k in s)],
+)
 
 
 # --------------------------------------------------------------------------------------------- shortcuts
 
 # He et al. 2015 Table 3: ResNet-34 top-1 error (%, 10-crop) on ImageNet val with options A/B/C.
 PAPER_TABLE3_TOP1 = {"A": 25.03, "B": 24.52, "C": 24.19}
+SHORTCUT_DEPTHS, SHORTCUT_OPTIONS = (20, 32), ("A", "B", "C")
+OPTION_COLOR = {"A": "tab:blue", "B": "tab:orange", "C": "tab:green"}
 
 
-def _comparison_figure(ctx: Context, summary: dict[str, Any], groups: Sequence[tuple[str, Sequence[str]]],
-                       labels: dict[str, str], colors: dict[str, str], records: Sequence[RunRecord],
-                       path: Path, title: str, extra: str) -> Path:
-    """One panel of paper-style curves per group of configurations."""
-    panels = [(gt, [(labels[k], summary[k]["history"]) for k in keys], [colors[k] for k in keys])
-              for gt, keys in groups]
-    caption = caption_line(ctx.data_text(records), ctx.schedule_text(records), None, extra)
-    return curves_figure(path, panels, records, caption, title)
-
-
-def shortcuts(ctx: Context) -> Outcome:
-    """Options A (zero-pad), B (project where shapes change) and C (project everywhere) on ResNet-20/32."""
-    depths, options = (20, 32), ("A", "B", "C")
-    models = [(f"resnet{d}-{o}", f"resnet{d}", {"shortcut": o}, f"resnet{d}") for d in depths for o in options]
-    records = ctx.run_all(ctx.specs(models))
-    summary = run_summary(records)
-    colors = {f"resnet{d}-{o}": c for d in depths for o, c in zip(options, ("tab:blue", "tab:orange", "tab:green"))}
-    labels = {k: f"option {k[-1]}" for k in colors}
-    path = _comparison_figure(ctx, summary, [(f"ResNet-{d}", [f"resnet{d}-{o}" for o in options]) for d in depths],
-                              labels, colors, records, ctx.out / "shortcuts.png",
-                              "Shortcut options A/B/C on CIFAR-10 (analogue of He et al. 2015 Table 3)",
-                              ctx.seeds_text(True))
-    rows = []
-    for d in depths:
-        for o in options:
-            e = summary[f"resnet{d}-{o}"]
-            rows.append([f"ResNet-{d}", o, f"{e['params']:,}", fmt_stat(e["final_val_err"]),
-                         fmt_stat(e["final_train_err"]),
-                         f"{PAPER_TABLE3_TOP1[o]:.2f}"])
-    table = markdown_table(["network", "shortcut", "params", "final val err (%)", "final train err (%)",
-                            "paper: ResNet-34 ImageNet top-1 (%)"], rows)
-    sections = [
-        ("What is run", (
-            "He et al. 2015 Sec. 3.3 / Table 3: (A) zero-padding identity shortcuts, parameter-free; (B) 1x1 "
+def _shortcuts_what(ctx: Context, _records: list[RunRecord]) -> str:
+    return ("He et al. 2015 Sec. 3.3 / Table 3: (A) zero-padding identity shortcuts, parameter-free; (B) 1x1 "
             "projections (+BN) only where the shape changes, identity elsewhere; (C) projections on every unit. "
             "The paper compares them on ImageNet with ResNet-34 (its numbers are beside ours for reference, not "
             "comparable in value); here the same comparison on CIFAR-10 ResNet-20 and 32 with the paper's CIFAR "
             f"recipe, {ctx.seeds_text()}. Budget `{ctx.budget.name}`: {ctx.budget.description}. The paper "
             "found B slightly better than A and C marginally better than B, and concluded projections are not "
-            "essential for the degradation problem.")),
-        ("Results", table),
-        ("What this budget does and does not show", budget_note(ctx, "shortcuts")),
-    ]
-    headline = [f"{k}: {fmt_pct(v['final_val_err']['mean'])}%" for k, v in summary.items()]
-    return Outcome("Shortcut options A, B, C on CIFAR-10 (He et al. 2015 Table 3 analogue)", sections,
-                   {"runs": summary, "paper_table3_resnet34_top1_pct": PAPER_TABLE3_TOP1}, [path.name], records,
-                   headline)
+            "essential for the degradation problem.")
+
+
+SHORTCUTS = Experiment(
+    "shortcuts", "Shortcut options A, B, C on CIFAR-10 (He et al. 2015 Table 3 analogue)",
+    runs=lambda ctx: [(f"resnet{d}-{o}", f"resnet{d}", {"shortcut": o}, f"resnet{d}")
+                      for d in SHORTCUT_DEPTHS for o in SHORTCUT_OPTIONS],
+    columns=[Column("network", lambda _c, label, _e: display_name(label.split("-")[0])),
+             Column("shortcut", lambda _c, label, _e: label[-1]), Column("params", params_cell),
+             Column("final val err (%)", lambda _c, _l, e: fmt_stat(e["final_val_err"])),
+             Column("final train err (%)", lambda _c, _l, e: fmt_stat(e["final_train_err"])),
+             Column("paper: ResNet-34 ImageNet top-1 (%)", lambda _c, label, _e: f"{PAPER_TABLE3_TOP1[label[-1]]:.2f}")],
+    what=_shortcuts_what,
+    figure=lambda ctx, s, records: curve_panels(
+        ctx, s, records, "shortcuts.png", "Shortcut options A/B/C on CIFAR-10 (analogue of He et al. 2015 Table 3)",
+        [(f"ResNet-{d}", [(f"resnet{d}-{o}", f"option {o}", OPTION_COLOR[o]) for o in SHORTCUT_OPTIONS])
+         for d in SHORTCUT_DEPTHS], ctx.seeds_text(True)),
+    extra=lambda *_: {"paper_table3_resnet34_top1_pct": PAPER_TABLE3_TOP1},
+    headline=lambda s: [f"{k}: {fmt_pct(v['final_val_err']['mean'])}%" for k, v in s.items()],
+)
 
 
 # --------------------------------------------------------------------------------------------- pre-activation
@@ -722,51 +864,47 @@ PREACT_MODELS = (
     ("resnet164", "resnet", {"depth": 164, "block": "bottleneck", "shortcut": "B"}, "164"),
     ("preact_resnet164", "preact_resnet164", {}, "164"),
 )
+UNIT = {"resnet": ("original", "tab:red"), "preact": ("pre-activation", "tab:blue")}
 
 
-def preact(ctx: Context) -> Outcome:
-    """He et al. 2016 Table 3: original (post-activation) vs full pre-activation units, ResNet-110 and 164."""
-    records = ctx.run_all(ctx.specs(PREACT_MODELS))
-    summary = run_summary(records)
-    labels = {"resnet110": "original", "preact_resnet110": "pre-activation", "resnet164": "original",
-              "preact_resnet164": "pre-activation"}
-    colors = {"resnet110": "tab:red", "preact_resnet110": "tab:blue", "resnet164": "tab:red",
-              "preact_resnet164": "tab:blue"}
-    path = _comparison_figure(ctx, summary, [("ResNet-110 (basic units)", ["resnet110", "preact_resnet110"]),
-                                             ("ResNet-164 (bottleneck units)", ["resnet164", "preact_resnet164"])],
-                              labels, colors, records, ctx.out / "preact.png",
-                              "Original vs pre-activation units on CIFAR-10 (He et al. 2016 Table 3)",
-                              ctx.seeds_text(True))
-    rows = [[label.replace("preact_", "").replace("resnet", "ResNet-"), labels[label],
-             f"{summary[label]['params']:,}",
-             fmt_stat(summary[label]["final_val_err"]), fmt_stat(summary[label]["final_train_err"]),
-             f"{PAPER_2016_TABLE3[label]:.2f}"] for label, *_ in PREACT_MODELS]
-    table = markdown_table(["network", "unit", "params", "final val err (%)", "final train err (%)",
-                            "paper test err (%)"], rows)
-    sections = [
-        ("What is run", (
-            "He et al. 2016 (Identity Mappings) Table 3 compares the original unit (conv-BN-ReLU-conv-BN, add, "
+def _unit(label: str) -> tuple[str, str]:
+    """(unit name, colour) of a pre-activation experiment's run label."""
+    return UNIT["preact" if label.startswith("preact_") else "resnet"]
+
+
+def _preact_what(ctx: Context, _records: list[RunRecord]) -> str:
+    return ("He et al. 2016 (Identity Mappings) Table 3 compares the original unit (conv-BN-ReLU-conv-BN, add, "
             "ReLU; Fig. 4a) with the full pre-activation unit (BN-ReLU-conv twice, add, nothing after; Fig. 4e) "
             "on CIFAR-10 ResNet-110 (basic units) and ResNet-164 (bottlenecks). Each pair differs only in the "
             "unit: all four use projection shortcuts where the shape changes (option B); the paper's 6.61% "
             "for the original ResNet-110 is the 2015 paper's option-A net. Both trained here with the "
             "2015 paper's CIFAR recipe (lr 0.01 warm-up for the first 400 of 64k iterations, then 0.1), "
-            f"{ctx.seeds_text()}. Budget `{ctx.budget.name}`: {ctx.budget.description}.")),
-        ("Results", table),
-        ("What this budget does and does not show", budget_note(ctx, "preact")),
-    ]
-    headline = [f"{k}: {fmt_pct(v['final_val_err']['mean'])}% (paper {PAPER_2016_TABLE3[k]}%)"
-                for k, v in summary.items()]
-    return Outcome("Original vs pre-activation residual units (He et al. 2016 Table 3)", sections,
-                   {"runs": summary, "paper_test_err_pct": PAPER_2016_TABLE3}, [path.name], records, headline)
+            f"{ctx.seeds_text()}. Budget `{ctx.budget.name}`: {ctx.budget.description}.")
+
+
+PREACT = Experiment(
+    "preact", "Original vs pre-activation residual units (He et al. 2016 Table 3)",
+    runs=lambda ctx: PREACT_MODELS,
+    columns=[Column("network", lambda _c, label, _e: label.replace("preact_", "").replace("resnet", "ResNet-")),
+             Column("unit", lambda _c, label, _e: _unit(label)[0]), Column("params", params_cell),
+             Column("final val err (%)", lambda _c, _l, e: fmt_stat(e["final_val_err"])),
+             Column("final train err (%)", lambda _c, _l, e: fmt_stat(e["final_train_err"])),
+             Column("paper test err (%)", lambda _c, label, _e: f"{PAPER_2016_TABLE3[label]:.2f}")],
+    what=_preact_what,
+    figure=lambda ctx, s, records: curve_panels(
+        ctx, s, records, "preact.png", "Original vs pre-activation units on CIFAR-10 (He et al. 2016 Table 3)",
+        [(f"ResNet-{g} ({kind} units)", [(label, *_unit(label)) for label, _m, _a, group in PREACT_MODELS
+                                         if group == g]) for g, kind in (("110", "basic"), ("164", "bottleneck"))],
+        ctx.seeds_text(True)),
+    extra=lambda *_: {"paper_test_err_pct": PAPER_2016_TABLE3},
+    headline=lambda s: [f"{k}: {fmt_pct(v['final_val_err']['mean'])}% (paper {PAPER_2016_TABLE3[k]}%)"
+                        for k, v in s.items()],
+)
 
 
 # --------------------------------------------------------------------------------------------- entry point
 
-EXPERIMENTS: dict[str, Callable[[Context], Outcome]] = {
-    "degradation": degradation, "table6": table6, "layer-responses": layer_responses, "shortcuts": shortcuts,
-    "preact": preact,
-}
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (DEGRADATION, TABLE6, LAYER_RESPONSES, SHORTCUTS, PREACT)}
 
 
 def reproduce_command(name: str, out: str | Path, budget: str, seeds: int, *, data: str | None = None,
@@ -879,7 +1017,7 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
         torch.set_num_threads(threads or b.threads)
     started = time.perf_counter()
     try:
-        outcome = EXPERIMENTS[name](ctx)
+        outcome = render(EXPERIMENTS[name], ctx)
         threads_used = torch.get_num_threads()
         hardware = device_name(resolve_device(device))
     finally:
