@@ -10,8 +10,11 @@ from typing import Iterator
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from resnetlab import create_model
 from resnetlab.cli import main
+from resnetlab.data import MemoryLoader
 from resnetlab.weights import checkpoint as ckpt_mod
 from resnetlab.engine import train as train_mod
 from resnetlab.engine.config import RECIPES, recipe_config
@@ -425,3 +428,72 @@ def test_resume_is_exact_on_the_streamed_image_folder_path(tmp_path: Path, monke
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- beyond the paper: augmentation, EMA
+
+
+def _loader(**kw: object) -> MemoryLoader:
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return MemoryLoader(images, torch.arange(64) % 10, 16, train=True, mean=[0.0] * 3, std=[1.0] * 3, seed=5, **kw)
+
+
+@pytest.mark.parametrize("policy", ["autoaugment", "trivialaugment"])
+def test_the_loaders_policy_and_cutout_are_seeded_batched_and_change_the_batch(policy: str) -> None:
+    plain, aug = _loader(), _loader(policy=policy, cutout=8)
+    x0, y0 = plain.batch(1, 2)
+    x1, y1 = aug.batch(1, 2)
+    again, _ = _loader(policy=policy, cutout=8).batch(1, 2)
+    assert x1.shape == x0.shape and x1.dtype == torch.float32 and torch.equal(y1, y0)
+    assert torch.equal(x1, again) and not torch.equal(x1, x0)
+    # mean 0, std 1: a pixel is value/255, so every image's 8x8 cutout square shows as zeros in all channels
+    assert all(int((img == 0).all(0).sum()) >= 16 for img in x1)  # at least a clipped corner of the square
+    assert not torch.equal(x1, aug.batch(2, 2)[0])  # another batch draws anew
+    with pytest.raises(UserError, match="unknown augmentation policy"):
+        _loader(policy="randaugment")
+
+
+def test_mixing_loss_is_soft_cross_entropy_with_label_smoothing() -> None:
+    logits = torch.randn(6, 10, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(6)
+    onehot = F.one_hot(y, 10).float()
+    assert torch.allclose(train_mod.training_loss(logits, onehot, 0.1), F.cross_entropy(logits, y, label_smoothing=0.1))
+    assert torch.allclose(train_mod.training_loss(logits, y, 0.0), F.cross_entropy(logits, y))
+
+
+def test_augmented_run_records_fields_evaluates_ema_and_resumes_exactly(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    kw = dict(policy="trivialaugment", cutout=8, mix="cutmix", ema_decay=0.9)
+    straight = train(tiny(tmp_path, "straight", **kw))
+    assert straight.status == "completed"
+    config = json.loads((tmp_path / "straight" / "config.json").read_text())
+    assert {k: config[k] for k in kw} == kw
+    record = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 <= record["ema_val_top1_err"] <= 1 and record["ema_val_loss"] != record["val_loss"]
+    with sigint_at(5, monkeypatch):
+        assert train(tiny(tmp_path, "resumed", **kw)).status == "interrupted"
+    assert train(tiny(tmp_path, "x", **kw).replace(resume=str(tmp_path / "resumed"))).status == "completed"
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    for part in ("state_dict", "ema_state_dict"):
+        assert set(a[part]) == set(b[part]) and all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    # the average is not the raw model
+    assert any(not torch.equal(a["state_dict"][k], a["ema_state_dict"][k]) for k in a["state_dict"])
+
+
+def test_weight_ema_averages_weights_and_bn_buffers() -> None:
+    from resnetlab.engine.ema import WeightEma
+
+    model = create_model("resnet20")
+    ema = WeightEma(model, 0.75)
+    before = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    with torch.no_grad():
+        for v in model.state_dict().values():
+            v.add_(1) if v.dtype.is_floating_point else v.add_(3)
+    ema.update(model)
+    after = ema.model.state_dict()
+    for k, v in before.items():
+        expect = v + 0.25 if v.dtype.is_floating_point else model.state_dict()[k]
+        assert torch.allclose(after[k], expect), k
+    with pytest.raises(ValueError):
+        WeightEma(model, 1.0)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UserError
+from .augment import POLICIES, apply_policy, cutout
 
 
 def batch_generator(seed: int, *keys: int) -> torch.Generator:
@@ -57,6 +58,9 @@ class Normalize:
         return x.contiguous(memory_format=self.memory_format)
 
 
+AUGMENT_STREAM = 1  # a second random stream per batch for the policy and cutout, apart from crop/flip
+
+
 def crop_flip(images: Tensor, offsets: Tensor, flips: Tensor, size: int) -> Tensor:
     """Crop ``size`` x ``size`` windows at per-image ``offsets`` (B, 2) and mirror where ``flips`` (B,) is set.
 
@@ -83,6 +87,9 @@ class MemoryLoader:
         train: shuffle, augment and drop the last partial batch (the paper counts iterations of full batches).
         pad: zero padding for random crops (4 in paper Sec. 4.2); 0 disables cropping.
         flip: random horizontal flips.
+        policy: after crop and flip, one operation per image: ``autoaugment`` (CIFAR-10 policy) or
+            ``trivialaugment`` (:mod:`resnetlab.data.augment`); ``none`` for the paper's augmentation.
+        cutout: then zero a square of this side per image (0: off).
     """
 
     def __init__(
@@ -99,9 +106,17 @@ class MemoryLoader:
         seed: int = 0,
         pad: int = 4,
         flip: bool = True,
+        policy: str = "none",
+        cutout: int = 0,
         rank: int = 0,
         world: int = 1,
     ) -> None:
+        if policy not in POLICIES:
+            raise UserError(f"unknown augmentation policy {policy!r}; choose from {', '.join(POLICIES)}")
+        if cutout < 0:
+            raise UserError(f"--cutout must be 0 (off) or a square side in pixels, got {cutout}")
+        self.policy = policy if train else "none"
+        self.cutout = cutout if train else 0
         self.device = torch.device(device)
         self.train = train
         self.batch_size = batch_size
@@ -148,12 +163,25 @@ class MemoryLoader:
         g = batch_generator(self.seed, epoch, index + 1)
         offsets = torch.randint(0, 2 * self.pad + 1, (len(idx), 2), generator=g)
         flips = torch.rand(len(idx), generator=g) < 0.5 if self.flip else torch.zeros(len(idx), dtype=torch.bool)
+        if self.policy != "none" or self.cutout:
+            return self._augmented(idx, offsets, flips, batch_generator(self.seed, epoch, index + 1, AUGMENT_STREAM))
         idx, offsets, flips = self._shard(idx), self._shard(offsets), self._shard(flips)
         idx = idx.to(self.device)
         x = self.images[idx]
         if self.pad or self.flip:
             x = crop_flip(x, offsets.to(self.device), flips.to(self.device), self.size)
         return self.normalize(x), self.labels[idx]
+
+    def _augmented(self, idx: Tensor, offsets: Tensor, flips: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Crop and flip, then the policy and cutout, over the whole global batch (their draws are per image
+        of the global batch), then this rank's shard."""
+        idx = idx.to(self.device)
+        x = crop_flip(self.images[idx], offsets.to(self.device), flips.to(self.device), self.size)
+        x = apply_policy(x, self.policy, g)
+        if self.cutout:
+            x = cutout(x, self.cutout, g)
+        keep = self._shard(torch.arange(len(idx), device=self.device))
+        return self.normalize(x[keep]), self.labels[idx][keep]
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """Iterate over the batches of ``epoch`` from batch ``start`` (to resume mid-epoch)."""

@@ -84,6 +84,17 @@ class TrainConfig:
     augment: str = opt("crop-flip", "crop-flip (pad and crop, flip), rrc-flip (scale augmentation) or none",
                        choices=("crop-flip", "rrc-flip", "none"))
     pad: int = opt(4, "zero padding of crop-flip's random crops (Sec. 4.2: 4)")
+    # Beyond the paper, batched on the device for in-memory (CIFAR-size) data, after crop and flip:
+    # one policy operation per image, then cutout; mixup/cutmix mix the normalised batch and its labels.
+    policy: str = opt("none", "per-image augmentation policy: AutoAugment's CIFAR-10 policy (Cubuk et al. 2019) "
+                              "or TrivialAugment (Mueller & Hutter 2021)",
+                      choices=("none", "autoaugment", "trivialaugment"))
+    cutout: int = opt(0, "cutout square side in pixels, 0: off (DeVries & Taylor 2017: 16 on CIFAR-10)")
+    mix: str = opt("none", "mix images and labels: mixup (Zhang et al. 2018) or cutmix (Yun et al. 2019)",
+                   choices=("none", "mixup", "cutmix"))
+    mix_alpha: float = opt(1.0, "Beta(alpha, alpha) of the mixing weight (mixup: 1.0 on CIFAR-10, cutmix: 1.0)")
+    ema_decay: float = opt(0.0, "keep an exponential moving average of the weights and BN buffers with this "
+                                "decay per iteration (e.g. 0.999), evaluated beside the raw model; 0: off")
 
     # Runtime.
     device: str = opt("auto", "where to train", choices=("auto", "cpu", "cuda"))

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import DataBundle, MemoryLoader, StreamLoader, open_data, with_normalization
+from ..data.augment import mix_batch, soft_target_cross_entropy
+from ..data.loader import batch_generator
 from ..errors import UserError
 from ..hardware import bf16_support, native_bf16
 from ..io import atomic_write_text
@@ -36,6 +38,7 @@ from ..models.profile import count_layers
 from . import distributed
 from ..weights import atomic_save, load_checkpoint, load_pretrained, load_weights, make_checkpoint, unwrap
 from .config import TrainConfig, check_amp, saved_split_seed
+from .ema import WeightEma
 from .evaluate import autocast, evaluate
 from .schedule import Schedule, lr_at
 
@@ -61,6 +64,7 @@ class RunResult:
     signal: int | None = None  # the signal (SIGINT, SIGTERM) that stopped an interrupted run
 
 
+MIX_STREAM = 2  # the mixing draws' own random stream per batch (the loader's are 0 and 1)
 EARLY_LOSSES = 200  # per-iteration training losses logged from the start of a run
 
 # --------------------------------------------------------------------------- set-up helpers
@@ -215,11 +219,15 @@ def make_loaders(
         raise UserError(f"batch size {cfg.batch_size} does not split over {info.world} processes")
     if data.in_memory:
         train = MemoryLoader(data.train.images, data.train.labels, cfg.batch_size, train=True, seed=cfg.seed,
-                             pad=cfg.pad if cfg.augment == "crop-flip" else 0, flip=cfg.augment != "none", **common)
+                             pad=cfg.pad if cfg.augment == "crop-flip" else 0, flip=cfg.augment != "none",
+                             policy=cfg.policy, cutout=cfg.cutout, **common)
         val = None
         if data.val is not None and len(data.val):
             val = MemoryLoader(data.val.images, data.val.labels, max(256, cfg.batch_size), train=False, **common)
     else:
+        if cfg.policy != "none" or cfg.cutout:
+            raise UserError("--policy and --cutout run on in-memory (CIFAR-size) data only; this data set is "
+                            "streamed from disk")
         train = StreamLoader(data.train, cfg.batch_size, train=True, seed=cfg.seed, workers=cfg.workers, **common)
         val = None
         if data.val is not None and len(data.val):
@@ -301,6 +309,7 @@ class Run:
     amp: str
     config: dict[str, Any]  # config.json: the config plus what it resolved to here
     metrics: MetricsLog
+    ema: WeightEma | None  # --ema-decay: the moving average of the weights, evaluated beside them
     # Where a resumed run left off; a new run starts at 0 with no time spent and no best record.
     start_step: int = 0
     wall_before: float = 0.0
@@ -361,6 +370,7 @@ def build_run(resolved: ResolvedRun, argv: list[str], log: Callable[[str], None]
     # overflow (torch.amp.GradScaler). bf16 has fp32's exponent and needs no scaler.
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     step, wall_before, best = resolved.start_step, 0.0, None
+    ema = WeightEma(model, cfg.ema_decay) if cfg.ema_decay else None
     if resume_ckpt is not None:
         load_weights(unwrap(model), resume_ckpt["state_dict"], source=f"{cfg.resume}/last.pt")
         optimizer.load_state_dict(resume_ckpt["optimizer"])
@@ -369,6 +379,8 @@ def build_run(resolved: ResolvedRun, argv: list[str], log: Callable[[str], None]
         wall_before = float(resume_ckpt.get("wall_time", 0.0))
         best = resume_ckpt.get("best")
         torch.set_rng_state(resume_ckpt["rng"]["torch"])
+        if ema is not None:
+            ema.load_state_dict(resume_ckpt["ema_state_dict"])
         log(f"resumed {cfg.resume} at iteration {step} of {schedule.total}")
     if not distributed.same_on_all_ranks(step, info):
         # E.g. a node that cannot see the run folder starts afresh while rank 0 resumes.
@@ -406,7 +418,8 @@ def build_run(resolved: ResolvedRun, argv: list[str], log: Callable[[str], None]
     # buffers are broadcast once per evaluation instead.
     eval_forward = forward if info.world == 1 else (torch.compile(model) if cfg.compile else model)
     return Run(cfg, info, out_dir, data, model, forward, eval_forward, optimizer, scaler, schedule, train_loader,
-               val_loader, steps_per_epoch, eval_every, channels_last, amp, config, metrics, step, wall_before, best)
+               val_loader, steps_per_epoch, eval_every, channels_last, amp, config, metrics, ema, step, wall_before,
+               best)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -495,16 +508,21 @@ def train_step(run: Run, state: LoopState) -> float:
     epoch, index = divmod(state.step, run.steps_per_epoch)
     t0 = time.perf_counter()
     x, y = run.train_loader.batch(epoch, index)
+    targets = mixed_targets(run, x, y, epoch, index)
+    if targets is not None:
+        x, targets = targets
     lr = lr_at(state.step, run.schedule)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     with autocast(device, run.amp):
         logits = run.forward(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=run.cfg.label_smoothing)
+        loss = training_loss(logits, y if targets is None else targets, run.cfg.label_smoothing)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()  # the identity unless fp16
     run.scaler.step(run.optimizer)
     run.scaler.update()
+    if run.ema is not None:
+        run.ema.update(run.model)
     state.step += 1
     if state.early_losses is not None and state.step <= EARLY_LOSSES:
         state.early_losses.append(round(float(loss.detach()), 4))
@@ -519,6 +537,24 @@ def train_step(run: Run, state: LoopState) -> float:
             )
     state.train_time += time.perf_counter() - t0
     return lr
+
+
+def mixed_targets(run: Run, x: torch.Tensor, y: torch.Tensor, epoch: int,
+                  index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``--mix mixup|cutmix``: the mixed batch and its soft targets (None: no mixing), seeded by (seed, epoch,
+    batch, rank); each rank mixes within its own shard of the batch."""
+    if run.cfg.mix == "none":
+        return None
+    g = batch_generator(run.cfg.seed, epoch, index + 1, MIX_STREAM, run.info.rank)
+    return mix_batch(x, y, len(run.data.classes), run.cfg.mix, run.cfg.mix_alpha, g)
+
+
+def training_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Cross-entropy against class indices, or against soft targets (mixup/cutmix), label smoothing on either."""
+    if targets.ndim == 1:
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    k = logits.shape[1]
+    return soft_target_cross_entropy(logits, targets * (1 - label_smoothing) + label_smoothing / k)
 
 
 def evaluate_and_checkpoint(run: Run, state: LoopState, lr: float, stopping: bool) -> dict[str, Any]:
@@ -543,6 +579,10 @@ def evaluate_and_checkpoint(run: Run, state: LoopState, lr: float, stopping: boo
         res = evaluate(run.eval_forward, run.val_loader.epoch(0), len(run.data.classes), device=info.device,
                        amp=run.amp, tta_flip=run.cfg.tta_flip)
         record.update(val_loss=res["loss"], val_top1_err=res["top1_err"], val_top5_err=res["top5_err"])
+        if run.ema is not None:
+            res = evaluate(run.ema.model, run.val_loader.epoch(0), len(run.data.classes), device=info.device,
+                           amp=run.amp, tta_flip=run.cfg.tta_flip)
+            record.update(ema_val_loss=res["loss"], ema_val_top1_err=res["top1_err"], ema_val_top5_err=res["top5_err"])
     record["wall_time"] = state.wall_time()
     if state.early_losses:
         record["early_losses"], state.early_losses = state.early_losses, None
@@ -570,6 +610,8 @@ def save_checkpoint(run: Run, state: LoopState, name: str, record: dict[str, Any
     )
     if run.scaler.is_enabled():
         ckpt["grad_scaler"] = run.scaler.state_dict()
+    if run.ema is not None:
+        ckpt["ema_state_dict"] = run.ema.state_dict()
     atomic_save(ckpt, run.out_dir / name)
 
 

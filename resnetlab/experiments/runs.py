@@ -33,6 +33,7 @@ from ..errors import UserError
 IDENTITY_FIELDS = ("model", "model_args", "data", "val_split", "subset", "split_seed", "recipe", "batch_size", "lr",
                    "iters", "epochs", "schedule", "milestones", "gamma", "warmup_iters", "warmup_lr", "momentum",
                    "nesterov", "weight_decay", "decay_norm_and_bias", "label_smoothing", "augment", "pad",
+                   "policy", "cutout", "mix", "mix_alpha", "ema_decay",
                    "normalize", "tta_flip", "amp", "compile", "seed")
 
 
