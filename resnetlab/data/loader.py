@@ -259,3 +259,16 @@ class StreamLoader:
             self._iter = self.epoch(epoch, index)
         self._next = (epoch, index + 1)
         return next(self._iter)
+
+
+def make_val_loader(split: Any, in_memory: bool, batch_size: int, *, seed: int = 0, workers: int = 2,
+                    **common: Any) -> "MemoryLoader | StreamLoader":
+    """The loader a held-out split is evaluated with, in training (``engine.train``) and by ``resnetlab evaluate``
+    alike: device-resident batches of ``max(256, batch_size)`` for in-memory data, DataLoader workers otherwise.
+
+    ``common`` is ``mean``, ``std``, ``device``, ``channels_last`` (and ``rank``/``world`` under torchrun).
+    """
+    if in_memory:
+        return MemoryLoader(split.images, split.labels, max(256, batch_size), train=False, **common)
+    return StreamLoader(split, batch_size, train=False, seed=seed, workers=workers, **common)
+

@@ -15,6 +15,7 @@ from PIL import Image
 
 from ..data import ArrayDataset, MemoryLoader, StreamLoader, load_eval_split, open_data
 from ..data import transforms as T
+from ..data.loader import make_val_loader
 from ..errors import UserError
 from ..weights import load_checkpoint, model_from_checkpoint
 from .config import check_amp, saved_split_seed
@@ -98,10 +99,8 @@ def _evaluate_run_split(ckpt: dict[str, Any], path: str, device: str, workers: i
     norm = ckpt["normalization"]
     batch = int(saved.get("batch_size", 128))
     common = dict(mean=norm["mean"], std=norm["std"], device=dev, channels_last=channels_last)
-    if data.in_memory:  # as the training loop's val loader (engine.train.make_loaders)
-        loader = MemoryLoader(data.val.images, data.val.labels, max(256, batch), train=False, **common)
-    else:
-        loader = StreamLoader(data.val, batch, train=False, seed=int(saved.get("seed", 0)), workers=workers, **common)
+    loader = make_val_loader(data.val, data.in_memory, batch, seed=int(saved.get("seed", 0)), workers=workers,
+                             **common)  # the training loop's val loader
     result = evaluate(model, loader.epoch(0), len(ckpt["classes"]), device=dev, amp=amp, tta_flip=tta)
     name = f"the run's validation split ({len(data.val):,} images of {saved['data']}, split seed " \
            f"{saved_split_seed(saved)})"

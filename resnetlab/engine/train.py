@@ -29,7 +29,7 @@ from torch import nn
 
 from ..data import DataBundle, MemoryLoader, StreamLoader, open_data, with_normalization
 from ..data.augment import mix_batch, soft_target_cross_entropy
-from ..data.loader import batch_generator
+from ..data.loader import batch_generator, make_val_loader
 from ..errors import UserError
 from ..hardware import bf16_support, native_bf16
 from ..io import atomic_write_text
@@ -221,17 +221,14 @@ def make_loaders(
         train = MemoryLoader(data.train.images, data.train.labels, cfg.batch_size, train=True, seed=cfg.seed,
                              pad=cfg.pad if cfg.augment == "crop-flip" else 0, flip=cfg.augment != "none",
                              policy=cfg.policy, cutout=cfg.cutout, **common)
-        val = None
-        if data.val is not None and len(data.val):
-            val = MemoryLoader(data.val.images, data.val.labels, max(256, cfg.batch_size), train=False, **common)
     else:
         if cfg.policy != "none" or cfg.cutout:
             raise UserError("--policy and --cutout run on in-memory (CIFAR-size) data only; this data set is "
                             "streamed from disk")
         train = StreamLoader(data.train, cfg.batch_size, train=True, seed=cfg.seed, workers=cfg.workers, **common)
-        val = None
-        if data.val is not None and len(data.val):
-            val = StreamLoader(data.val, cfg.batch_size, train=False, seed=cfg.seed, workers=cfg.workers, **common)
+    val = None
+    if data.val is not None and len(data.val):
+        val = make_val_loader(data.val, data.in_memory, cfg.batch_size, seed=cfg.seed, workers=cfg.workers, **common)
     if len(train) == 0:
         raise UserError(f"batch size {cfg.batch_size} is larger than the {len(data.train)} training images")
     return train, val
