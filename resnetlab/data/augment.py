@@ -77,25 +77,28 @@ def _theta(a: Tensor, b: Tensor, c: Tensor, d: Tensor, e: Tensor, f: Tensor) -> 
     return torch.stack([a, b, c, d, e, f], dim=1).view(-1, 2, 3)
 
 
+def _one_coefficient(v: Tensor, slot: str) -> Tensor:
+    """The identity map with ``v`` in one slot: ``b`` shears x, ``d`` shears y, ``c``/``f`` translate x/y."""
+    one, zero = torch.ones_like(v), torch.zeros_like(v)
+    coef = {"a": one, "b": zero, "c": zero, "d": zero, "e": one, "f": zero, slot: v}
+    return _theta(*(coef[k] for k in "abcdef"))
+
+
 def _shear_x(v: Tensor, h: int, w: int) -> Tensor:
     # Origin at the top-left corner, as PIL's transform in the papers' reference code.
-    one, zero = torch.ones_like(v), torch.zeros_like(v)
-    return _theta(one, v, zero, zero, one, zero)
+    return _one_coefficient(v, "b")
 
 
 def _shear_y(v: Tensor, h: int, w: int) -> Tensor:
-    one, zero = torch.ones_like(v), torch.zeros_like(v)
-    return _theta(one, zero, zero, v, one, zero)
+    return _one_coefficient(v, "d")
 
 
 def _translate_x(v: Tensor, h: int, w: int) -> Tensor:
-    one, zero = torch.ones_like(v), torch.zeros_like(v)
-    return _theta(one, zero, v, zero, one, zero)
+    return _one_coefficient(v, "c")
 
 
 def _translate_y(v: Tensor, h: int, w: int) -> Tensor:
-    one, zero = torch.ones_like(v), torch.zeros_like(v)
-    return _theta(one, zero, zero, zero, one, v)
+    return _one_coefficient(v, "f")
 
 
 def _rotate(degrees: Tensor, h: int, w: int) -> Tensor:

@@ -816,6 +816,10 @@ LAYER_RESPONSES = Experiment(
 
 # --------------------------------------------------------------------------------------------- shortcuts
 
+# Final validation and training error, mean ± std over seeds (shortcuts and preact tables).
+FINAL_ERR_COLUMNS = (Column("final val err (%)", lambda _c, _l, e: fmt_stat(e["final_val_err"])),
+                     Column("final train err (%)", lambda _c, _l, e: fmt_stat(e["final_train_err"])))
+
 # He et al. 2015 Table 3: ResNet-34 top-1 error (%, 10-crop) on ImageNet val with options A/B/C.
 PAPER_TABLE3_TOP1 = {"A": 25.03, "B": 24.52, "C": 24.19}
 SHORTCUT_DEPTHS, SHORTCUT_OPTIONS = (20, 32), ("A", "B", "C")
@@ -838,8 +842,7 @@ SHORTCUTS = Experiment(
                       for d in SHORTCUT_DEPTHS for o in SHORTCUT_OPTIONS],
     columns=[Column("network", lambda _c, label, _e: display_name(label.split("-")[0])),
              Column("shortcut", lambda _c, label, _e: label[-1]), Column("params", params_cell),
-             Column("final val err (%)", lambda _c, _l, e: fmt_stat(e["final_val_err"])),
-             Column("final train err (%)", lambda _c, _l, e: fmt_stat(e["final_train_err"])),
+             *FINAL_ERR_COLUMNS,
              Column("paper: ResNet-34 ImageNet top-1 (%)", lambda _c, label, _e: f"{PAPER_TABLE3_TOP1[label[-1]]:.2f}")],
     what=_shortcuts_what,
     figure=lambda ctx, s, records: curve_panels(
@@ -887,8 +890,7 @@ PREACT = Experiment(
     runs=lambda ctx: PREACT_MODELS,
     columns=[Column("network", lambda _c, label, _e: label.replace("preact_", "").replace("resnet", "ResNet-")),
              Column("unit", lambda _c, label, _e: _unit(label)[0]), Column("params", params_cell),
-             Column("final val err (%)", lambda _c, _l, e: fmt_stat(e["final_val_err"])),
-             Column("final train err (%)", lambda _c, _l, e: fmt_stat(e["final_train_err"])),
+             *FINAL_ERR_COLUMNS,
              Column("paper test err (%)", lambda _c, label, _e: f"{PAPER_2016_TABLE3[label]:.2f}")],
     what=_preact_what,
     figure=lambda ctx, s, records: curve_panels(
