@@ -269,3 +269,66 @@ def test_compiled_frozen_inference_agrees() -> None:
     mode = "fused+channels-last+bf16+compile" if hardware.native_bf16(CPU) else "channels-last+compile"
     result = run_bench("infer", "resnet20", resolve_modes("infer", [mode], CPU), batch_size=4, **QUICK)
     assert [r.skipped for r in result.results] == [None, None] and result.agree
+
+
+def test_augment_names_resolve_with_crop_flip_first() -> None:
+    from resnetlab.bench.augment import AUGMENTATIONS, BASELINE, resolve_augmentations
+
+    assert resolve_augmentations("all") == list(AUGMENTATIONS)
+    assert resolve_augmentations("cutmix, cutout,cutmix") == [BASELINE, "cutmix", "cutout"]
+    assert resolve_augmentations(BASELINE) == [BASELINE]
+    with pytest.raises(UserError, match="unknown augmentation 'autoaug'"):
+        resolve_augmentations("cutout,autoaug")
+
+
+def test_augment_share_is_its_extra_cost_over_the_step_it_joins() -> None:
+    from resnetlab.bench.augment import AugmentCost
+
+    cost = AugmentCost("autoaugment", ms_per_batch=12.0, extra_ms=5.0)
+    assert cost.share_pct(95.0) == 5.0  # 5 ms of a 100 ms augmented step
+    assert AugmentCost("cutout", 7.0, -0.2).share_pct(95.0) == 0.0  # noise below crop+flip is no cost
+    assert cost.to_dict(95.0)["step_share_pct"] == 5.0 and "step_share_pct" not in cost.to_dict(None)
+
+
+def test_augment_timing_runs_each_augmentation_on_the_timed_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mixing step made 20 ms slower shows as at least that much extra for mixup and cutmix."""
+    import time
+
+    from resnetlab.bench import augment
+
+    real = augment.mix_batch
+
+    def slow_mix(*args, **kwargs):
+        time.sleep(0.02)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(augment, "mix_batch", slow_mix)
+    costs = augment.time_augmentations(list(augment.AUGMENTATIONS), size=(3, 8, 8), batch_size=4, num_classes=10,
+                                       device=CPU, channels_last=False, repeats=2, min_time=0.01, warmup=1)
+    by_name = {c.name: c for c in costs}
+    assert list(by_name) == list(augment.AUGMENTATIONS)
+    assert by_name["crop+flip"].extra_ms == 0.0 and len(by_name["crop+flip"].repeats_ms) == 2
+    assert by_name["mixup"].extra_ms >= 19 and by_name["cutmix"].extra_ms >= 19
+    assert all(c.ms_per_batch > 0 for c in costs)
+    with pytest.raises(ValueError, match="first augmentation"):
+        augment.time_augmentations(["cutout"], size=(3, 8, 8), batch_size=4, num_classes=10, device=CPU,
+                                   channels_last=False)
+
+
+def test_cli_augment_reports_each_share_of_the_default_step(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "train", "--model", "resnet20", "--batch-size", "4", "--modes", "default",
+            "--augment", "cutout,trivialaugment", *QUICK_ARGS]
+    assert main([*argv, "--json"]) == 0
+    aug = json.loads(capsys.readouterr().out)["augment"]
+    assert aug["step_mode"] == "default" and aug["step_ms"] > 0
+    assert set(aug) == {"step_mode", "step_ms", "crop+flip", "cutout", "trivialaugment"}
+    assert "step_share_pct" not in aug["crop+flip"]
+    for name in ("cutout", "trivialaugment"):
+        extra = max(aug[name]["extra_ms"], 0.0)
+        assert aug[name]["step_share_pct"] == pytest.approx(100 * extra / (aug["step_ms"] + extra), abs=0.01)
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "share of the step (default)" in out and "trivialaugment" in out
+    assert main(["bench", "infer", "--augment", "all", "--device", "cpu"]) == 2
+    assert "use it with `bench train`" in capsys.readouterr().err
+    assert main(["bench", "train", "--augment", "colour", "--device", "cpu"]) == 2

@@ -381,6 +381,28 @@ def test_evaluate_without_data_prints_exactly_the_error_the_run_logged(tmp_path:
     assert json.loads(capsys.readouterr().out)["tta_flip"] is False
 
 
+def test_evaluate_ema_prints_exactly_the_average_error_the_run_logged(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    cfg = recipe_config("fast-cifar", data=SAMPLE, subset=300, val_split=100, batch_size=50, iters=8, eval_every=4,
+                        epochs=None, out=str(tmp_path / "run"), device="cpu", ema_decay=0.8)
+    train(cfg)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    best = min((r for r in lines if "val_top1_err" in r), key=lambda r: r["val_top1_err"])
+    capsys.readouterr()
+    best_pt = str(tmp_path / "run" / "best.pt")
+    assert main(["evaluate", best_pt, "--ema", "--json", "--device", "cpu"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["weights"] == "ema"
+    assert res["top1_err"] == best["ema_val_top1_err"] and res["loss"] == best["ema_val_loss"]
+    assert res["loss"] != best["val_loss"]
+    assert main(["predict", best_pt, "--ema", "--json", "--device", "cpu", str(sorted(Path(SAMPLE, "test", "cat").iterdir())[0])]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
+    train(tiny(tmp_path, "plain"))
+    assert main(["evaluate", str(tmp_path / "plain" / "last.pt"), "--ema", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "has no weight average (train with --ema-decay" in err and err.count("\n") == 1
+
+
 def test_evaluate_without_data_needs_a_run_with_a_split(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     train(tiny(tmp_path))  # evaluated on the sample's test/ folder, no --val-split
     assert main(["evaluate", str(tmp_path / "run" / "last.pt")]) == 2

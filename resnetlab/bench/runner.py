@@ -42,7 +42,8 @@ from ..errors import UserError
 from ..hardware import device_name
 from ..models import create_model, model_family
 from ..models.profile import count_macs, meta_model
-from .modes import REFERENCE, Mode
+from .augment import AugmentCost, format_costs, time_augmentations
+from .modes import DEFAULT, REFERENCE, Mode
 
 # Agreement with eager-fp32, by autocast dtype: (largest logit error, smallest gradient
 # cosine similarity). fp32 modes differ by summation order only (oneDNN NHWC kernels,
@@ -374,6 +375,17 @@ class BenchResult:
     load_after: tuple[float, float, float] | None = None
     # Per precision: how far the reference moves when its input is rounded to that precision.
     sensitivity: dict[str, dict[str, float]] = field(default_factory=dict)
+    augment: list[AugmentCost] = field(default_factory=list)  # --augment: each augmentation's cost per batch
+
+    @property
+    def augment_step(self) -> tuple[str, float] | None:
+        """The step augmentation shares are of: ``default``'s (what ``resnetlab train`` runs), else the
+        reference's; (mode name, ms per step), None when neither was measured."""
+        for name in (DEFAULT, REFERENCE):
+            r = next((r for r in self.results if r.mode.name == name and r.img_s), None)
+            if r is not None:
+                return name, 1e3 * self.batch_size / r.img_s
+        return None
 
     @property
     def flops_per_image(self) -> int:
@@ -403,7 +415,13 @@ class BenchResult:
             "modes": {r.mode.name: r.to_dict() for r in self.results},
             "sensitivity": self.sensitivity, "sensitivity_factor": SENSITIVITY_FACTOR,
             "best": self.best, "agree": self.agree,
+            **({"augment": self._augment_dict()} if self.augment else {}),
         }
+
+    def _augment_dict(self) -> dict[str, Any]:
+        step = self.augment_step
+        return {"step_mode": step and step[0], "step_ms": step and round(step[1], 3),
+                **{c.name: c.to_dict(step and step[1]) for c in self.augment}}
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -576,6 +594,7 @@ def run_bench(
     peak_size: int = 2048,
     seed: int = 0,
     profile_steps: int = 0,
+    augmentations: list[str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Measure ``modes`` (the first must be ``eager-fp32``) of ``model_name`` on ``device`` for ``task``.
@@ -586,6 +605,8 @@ def run_bench(
     seconds per repeat. A mode that cannot run here (no onnxruntime, a compiler
     error) is reported as skipped. ``profile_steps`` > 0 then runs that many more
     iterations of each mode under ``torch.profiler`` (untimed) to say where its time goes.
+    ``augmentations`` (training; crop+flip first, :mod:`.augment`) are then timed on the data
+    path and reported as a share of the ``default`` mode's step.
     """
     log = log or (lambda _msg: None)
     if not modes or modes[0].name != REFERENCE:
@@ -627,15 +648,30 @@ def run_bench(
                 m.profile = profile_ops(m.runner, m.next_step, profile_steps, device)
                 m.next_step += profile_steps
             log(f"profiled {profile_steps} steps per mode")
+    costs = _augment_costs(task, augmentations, modes, size, batch_size, base.num_classes, device, seed,
+                           repeats, min_time, log)
 
     # The peak once more after the modes, keeping the better: load may have eased since.
     peak = {k: max(v, peak[k]) for k, v in _peaks(device, precisions, peak_size).items()}
     result = BenchResult(task, model_name, device_name(device), batch_size, size, macs, peak, results,
-                         torch.get_num_threads(), load_before, _loadavg(), ref.sensitivity)
+                         torch.get_num_threads(), load_before, _loadavg(), ref.sensitivity, costs)
     ref_repeats = list(results[0].repeats_img_s)
     for m in live:
         _summarise(m, task, ref_repeats, result.flops_per_image, peak[m.precision])
     return result
+
+
+def _augment_costs(task: str, names: list[str] | None, modes: list[Mode], size: tuple[int, int, int],
+                   batch_size: int, num_classes: int, device: torch.device, seed: int, repeats: int,
+                   min_time: float, log: Callable[[str], None]) -> list[AugmentCost]:
+    """``--augment``: each augmentation timed in the memory format of the step it joins (``default``'s)."""
+    if not names or task != "train":
+        return []
+    log(f"timing augmentations: {', '.join(names)}")
+    step_mode = next((m for m in modes if m.name == DEFAULT), modes[0])
+    return time_augmentations(names, size=size, batch_size=batch_size, num_classes=num_classes, device=device,
+                              channels_last=step_mode.channels_last, seed=seed, repeats=repeats,
+                              min_time=min_time / 2, synchronize=synchronize)
 
 
 PROFILE_TOP = 10  # operators listed per mode by --profile
@@ -709,6 +745,9 @@ def format_result(result: BenchResult) -> str:
             lines += ["", f"profile of {r.mode.name} (torch.profiler, self time per step; % of all operators):"]
             lines += [f"  {row['op'][:60]:<60}{row['ms_per_step']:>9.2f} ms{row['pct']:>7.1f}%"
                       f"{row['calls_per_step']:>8g} calls" for row in r.profile]
+    if result.augment:
+        step = result.augment_step
+        lines += format_costs(result.augment, step and step[1], step and step[0])
     default = next((r for r in result.results if r.mode.name == "default"), None)
     lines.append("")
     if default is not None:

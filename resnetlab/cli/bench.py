@@ -39,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch (and onnxruntime) CPU threads (default: torch's, one per core)")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="after timing, profile STEPS more iterations of each mode and list its busiest operators")
+    p.add_argument("--augment", metavar="LIST",
+                   help="train: also time these augmentations on the data path (comma-separated, or 'all': "
+                        "cutout, autoaugment, trivialaugment, mixup, cutmix) and report each one's share "
+                        "of the default mode's step")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_bench)
 
@@ -67,6 +71,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads must be at least 1, got {args.threads}")
+    augmentations = None
+    if args.augment is not None:
+        if args.task != "train":
+            raise UserError("--augment times the training data path: use it with `bench train`")
+        from ..bench.augment import resolve_augmentations
+        augmentations = resolve_augmentations(args.augment)
     names = [n.strip() for n in args.modes.split(",") if n.strip()] if args.modes else None
     modes = resolve_modes(args.task, names, device)
     for mode in modes:
@@ -78,7 +88,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with _threads(args.threads):
         result = run_bench(args.task, args.model, modes, device=device, batch_size=batch, input_size=size,
                            repeats=args.repeats, min_time=args.min_time, warmup=args.warmup,
-                           peak_size=args.peak_size, profile_steps=args.profile, log=log)
+                           peak_size=args.peak_size, profile_steps=args.profile,
+                           augmentations=augmentations, log=log)
     print(json.dumps(result.to_dict()) if args.json else format_result(result))
     return 0 if result.agree else 1
 

@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                   "held-out validation split, evaluated as training did (prints the error it logged)")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
                    help="average the logits of each image and its mirror (default: as the run was trained)")
+    p.add_argument("--ema", action="store_true",
+                   help="evaluate the checkpoint's weight average (runs trained with --ema-decay)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plots", metavar="DIR", nargs="?", const=".", help="write confusion.png (into DIR)")
     p.add_argument("--batch-size", type=int, default=256, help="with --data (the run's split uses the run's)")
@@ -29,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="checkpoint (best.pt / last.pt / run folder) or exported .onnx file")
     p.add_argument("images", nargs="+")
     p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--ema", action="store_true", help="use the checkpoint's weight average (--ema-decay runs)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     add_speed_flags(p)
@@ -50,13 +53,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # With --json, stdout carries the JSON object alone: progress lines go to stderr.
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         res = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size, device=args.device,
-                                  amp=args.amp, channels_last=args.channels_last, tta_flip=args.tta_flip)
+                                  amp=args.amp, channels_last=args.channels_last, tta_flip=args.tta_flip,
+                                  ema=args.ema)
     if args.plots is not None:
         res["confusion_png"] = str(plot_confusion(res, Path(args.plots)))
     if args.json:
         print(json.dumps(res))
         return 0
-    how = f"{'fp32' if res['amp'] == 'none' else res['amp']}{', flip TTA' if res['tta_flip'] else ''}"
+    how = f"{'fp32' if res['amp'] == 'none' else res['amp']}{', flip TTA' if res['tta_flip'] else ''}" \
+          f"{', weight average' if res['weights'] == 'ema' else ''}"
     print(f"{res['n']} images from {res['data']} ({how}): top-1 {res['top1'] * 100:.2f}% "
           f"(error {res['top1_err'] * 100:.2f}%), top-5 {res['top5'] * 100:.2f}%, loss {res['loss']:.4f}")
     width = max(len(c) for c in res["classes"])
@@ -105,12 +110,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..engine.predict import predict_images
 
     if args.checkpoint.endswith(".onnx"):
+        from ..errors import UserError
         from ..export.onnx_predict import predict_onnx_images
+
+        if args.ema:
+            raise UserError("--ema picks a checkpoint's weight average; an .onnx file has one set of weights")
 
         records = predict_onnx_images(args.checkpoint, args.images, topk=args.topk)
     else:
         records = predict_images(args.checkpoint, args.images, topk=args.topk, device=args.device, amp=args.amp,
-                                 channels_last=args.channels_last)
+                                 channels_last=args.channels_last, ema=args.ema)
     if args.json:
         print(json.dumps(records))
         return 0

@@ -36,7 +36,7 @@ def _inference_model(ckpt: dict[str, Any], dev: torch.device, amp: str, channels
 
 def evaluate_checkpoint(path: str, data: str | None, *, batch_size: int = 256, device: str = "auto",
                         workers: int = 2, amp: str | None = None, channels_last: bool | None = None,
-                        tta_flip: bool | None = None, log=print) -> dict[str, Any]:
+                        tta_flip: bool | None = None, ema: bool = False, log=print) -> dict[str, Any]:
     """Top-1/top-5, loss, per-class accuracy and confusion matrix of a checkpoint.
 
     ``data`` given: on its evaluation split, in fp32 NCHW unless ``amp``/``channels_last`` say
@@ -44,9 +44,10 @@ def evaluate_checkpoint(path: str, data: str | None, *, batch_size: int = 256, d
     run's own held-out validation split, rebuilt from the checkpoint's config (same data, subset
     and split seed) and evaluated exactly as training evaluated it (its precision, memory format,
     batch size), so the error printed is the one the run logged for this checkpoint.
-    ``tta_flip`` defaults to the run's own setting (flip TTA in ``fast-cifar``).
+    ``tta_flip`` defaults to the run's own setting (flip TTA in ``fast-cifar``). ``ema``: the
+    checkpoint's weight average instead of its weights (the run logged it as ``ema_val_top1_err``).
     """
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, ema=ema)
     saved = ckpt.get("config") or {}
     tta = bool(saved.get("tta_flip", False)) if tta_flip is None else tta_flip
     if data is None:
@@ -74,7 +75,7 @@ def evaluate_checkpoint(path: str, data: str | None, *, batch_size: int = 256, d
 def _labelled(result: dict[str, Any], ckpt: dict[str, Any], path: str, data: str, amp: str, channels_last: bool,
               tta: bool) -> dict[str, Any]:
     result.update(amp=amp, channels_last=channels_last, tta_flip=tta, classes=ckpt["classes"],
-                  checkpoint=str(path), data=data)
+                  checkpoint=str(path), data=data, weights=ckpt.get("weights", "trained"))
     return result
 
 
@@ -124,9 +125,9 @@ def load_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
 
 
 def predict_images(path: str, images: Sequence[str], *, topk: int = 5, device: str = "auto", amp: str = "none",
-                   channels_last: bool = False) -> list[dict[str, Any]]:
-    """Top-k class names and probabilities for each image file (``amp``/``channels_last`` as in evaluate)."""
-    ckpt = load_checkpoint(path)
+                   channels_last: bool = False, ema: bool = False) -> list[dict[str, Any]]:
+    """Top-k class names and probabilities for each image file (``amp``/``channels_last``/``ema`` as in evaluate)."""
+    ckpt = load_checkpoint(path, ema=ema)
     dev = resolve_device(device)
     model = _inference_model(ckpt, dev, amp, channels_last)
     c, size = ckpt["input_size"][0], ckpt["input_size"][-1]

@@ -89,11 +89,24 @@ def pretrained_checkpoint(name: str) -> dict[str, Any]:
                            input_size=record["input_size"], config=weights.meta.get("config", {}), pretrained=name)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, *, ema: bool = False) -> dict[str, Any]:
     """Load a checkpoint file safely (``weights_only=True``); a file that is not one is a clear error.
 
     A name of shipped weights (``resnet20``...) that is not also a path loads those weights.
+    ``ema``: the checkpoint with its weight average (``--ema-decay`` runs) as its weights.
     """
+    ckpt = _load_checkpoint(path)
+    return with_ema_weights(ckpt, path) if ema else ckpt
+
+
+def with_ema_weights(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """A shallow copy of ``ckpt`` whose ``state_dict`` is its EMA's; one clear error where it has none."""
+    if "ema_state_dict" not in ckpt:
+        raise UserError(f"{path} has no weight average (train with --ema-decay to keep one); drop --ema")
+    return {**ckpt, "state_dict": ckpt["ema_state_dict"], "weights": "ema"}
+
+
+def _load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not Path(path).exists() and is_pretrained_name(str(path)):
         return pretrained_checkpoint(str(path))
     path = Path(path)
