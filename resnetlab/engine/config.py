@@ -102,6 +102,8 @@ class TrainConfig:
     amp: str | None = opt(None, "autocast dtype (default: the faster measured on this hardware)",
                           choices=AMP_CHOICES)
     compile: bool = opt(False, "torch.compile the model")
+    cuda_graphs: bool = opt(False, "replay each training step and evaluation batch as a CUDA graph (CUDA only, "
+                                   "without --compile or fp16; SGD runs fused with the lr as a device tensor)")
     seed: int = opt(0, "seeds the initial weights, batch order and augmentation")
     workers: int = opt(2, "DataLoader workers for large-image folders")
     eval_every: int | None = opt(None, "iterations between evaluations (default: about 20 per run, "

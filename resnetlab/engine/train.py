@@ -10,6 +10,7 @@ a diverged loss never costs more than one evaluation interval of work.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import signal
@@ -39,6 +40,7 @@ from . import distributed
 from ..weights import atomic_save, load_checkpoint, load_pretrained, load_weights, make_checkpoint, unwrap
 from .config import TrainConfig, check_amp, saved_split_seed
 from .ema import WeightEma
+from .graphs import GraphedForward, GraphedTrainStep, check_cuda_graphs
 from .evaluate import autocast, evaluate
 from .schedule import Schedule, lr_at
 
@@ -311,6 +313,7 @@ class Run:
     start_step: int = 0
     wall_before: float = 0.0
     best: dict[str, Any] | None = None
+    graphed: GraphedTrainStep | None = None  # --cuda-graphs: the step replayed from a CUDA graph
 
     @property
     def input_size(self) -> list[int]:
@@ -350,6 +353,8 @@ def build_run(resolved: ResolvedRun, argv: list[str], log: Callable[[str], None]
 
     channels_last, amp = fast_defaults(cfg, device)
     log(precision_note(cfg, device, amp))
+    if cfg.cuda_graphs:
+        check_cuda_graphs(device, amp, cfg.compile, info.world)
     train_loader, val_loader = make_loaders(data, cfg, device, channels_last, info)
     steps_per_epoch = len(train_loader)
     schedule = resolve_schedule(cfg, steps_per_epoch, count_layers(unwrap(model)))
@@ -361,6 +366,8 @@ def build_run(resolved: ResolvedRun, argv: list[str], log: Callable[[str], None]
     optimizer = torch.optim.SGD(
         parameter_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias),
         lr=schedule.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        # A graphed step needs the fused kernel: it takes the lr as a device tensor without a host read.
+        **({"fused": True} if cfg.cuda_graphs else {}),
     )
 
     # fp16's 5-bit exponent underflows small gradients; the loss is scaled up and the step skipped on
@@ -414,9 +421,14 @@ def build_run(resolved: ResolvedRun, argv: list[str], log: Callable[[str], None]
     # batches on every rank, and sharding the last partial batch does not give that (StreamLoader); rank 0's
     # buffers are broadcast once per evaluation instead.
     eval_forward = forward if info.world == 1 else (torch.compile(model) if cfg.compile else model)
+    graphed = None
+    if cfg.cuda_graphs:
+        loss_fn = functools.partial(training_loss, label_smoothing=cfg.label_smoothing)
+        graphed = GraphedTrainStep(forward, optimizer, loss_fn, device, amp)
+        eval_forward = GraphedForward(model, amp)
     return Run(cfg, info, out_dir, data, model, forward, eval_forward, optimizer, scaler, schedule, train_loader,
                val_loader, steps_per_epoch, eval_every, channels_last, amp, config, metrics, ema, step, wall_before,
-               best)
+               best, graphed)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -505,19 +517,11 @@ def train_step(run: Run, state: LoopState) -> float:
     epoch, index = divmod(state.step, run.steps_per_epoch)
     t0 = time.perf_counter()
     x, y = run.train_loader.batch(epoch, index)
-    targets = mixed_targets(run, x, y, epoch, index)
-    if targets is not None:
-        x, targets = targets
+    mixed = mixed_targets(run, x, y, epoch, index)
+    x, target = mixed if mixed is not None else (x, y)
     lr = lr_at(state.step, run.schedule)
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
-    with autocast(device, run.amp):
-        logits = run.forward(x)
-        loss = training_loss(logits, y if targets is None else targets, run.cfg.label_smoothing)
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()  # the identity unless fp16
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
+    step = run.graphed or functools.partial(eager_step, run)
+    loss, logits = step(x, target, lr)
     if run.ema is not None:
         run.ema.update(run.model)
     state.step += 1
@@ -534,6 +538,20 @@ def train_step(run: Run, state: LoopState) -> float:
             )
     state.train_time += time.perf_counter() - t0
     return lr
+
+
+def eager_step(run: Run, x: torch.Tensor, target: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss, backward and SGD step at ``lr``, as written; returns (loss, logits)."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    with autocast(run.info.device, run.amp):
+        logits = run.forward(x)
+        loss = training_loss(logits, target, run.cfg.label_smoothing)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()  # the identity unless fp16
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return loss, logits
 
 
 def mixed_targets(run: Run, x: torch.Tensor, y: torch.Tensor, epoch: int,
