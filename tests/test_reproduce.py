@@ -96,6 +96,36 @@ def test_layer_responses_reuse_and_shape(smoke: dict[str, Path]) -> None:
     assert "reused" in (smoke["layer-responses"] / "report.md").read_text()
 
 
+def test_the_gpu_job_script_resumes_finished_runs_and_packs_what_comes_back(smoke: dict[str, Path],
+                                                                             tmp_path: Path) -> None:
+    """scripts/gpu_train.sh end to end on the CPU over table6's finished smoke runs (their training is the
+    smoke test's): reproduce reuses them, and every run and the report come back as archives under the limits."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    env = {**os.environ, "BUDGET": "smoke", "DEVICE": "cpu", "GRAPHS": "0", "AMP": "none", "PARALLEL": "2",
+           "DATA": SAMPLE, "OUT": str(out), "RUNS": str(smoke["table6"] / "runs"), "REPORT": str(tmp_path / "report"),
+           "PYTHON": sys.executable, "RESNETLAB_DATA": str(smoke["table6"].parent.parent / "cache")}
+    done = subprocess.run(["bash", str(root / "scripts" / "gpu_train.sh")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.count("finished earlier; reusing") == 5
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["report.tar.gz"] + sorted(f"resnet{d}-s0.tar.gz" for d in (20, 32, 44, 56, 110))
+    assert all(p.stat().st_size <= 16 * 2**20 for p in out.iterdir())
+    with tarfile.open(out / "resnet110-s0.tar.gz") as t:
+        assert sorted(t.getnames()) == ["best.pt", "config.json", "metrics.jsonl", "summary.json"]
+    with tarfile.open(out / "report.tar.gz") as t:
+        assert {"report/report.md", "report/results.json", "report/train.log"} <= set(t.getnames())
+    env["DATA"] = str(tmp_path / "nowhere")
+    missing = subprocess.run(["bash", str(root / "scripts" / "gpu_train.sh")], env=env, capture_output=True, text=True)
+    assert missing.returncode == 2 and "no data at" in missing.stderr
+
+
 def test_table6_and_preact_have_paper_columns(smoke: dict[str, Path]) -> None:
     t6 = json.loads((smoke["table6"] / "results.json").read_text())
     assert t6["paper_test_err_pct"]["110"] == 6.43 and "resnet1202" not in t6["runs"]

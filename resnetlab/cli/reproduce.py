@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
                    help="autocast dtype (default none: fp32, as the paper trained; the report says which was used)")
     p.add_argument("--compile", action="store_true", help="torch.compile each network (written into the report)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay each training step as a CUDA graph (CUDA only; written into the report)")
     p.add_argument("--parallel", type=int, default=1, metavar="K",
                    help="train K runs at once, one process each, on the same device (a launch-bound GPU or a "
                         "CPU one run does not fill); --threads is then per run (default: the cores split K ways)")
@@ -60,7 +62,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     kwargs = dict(budget=args.budget, seeds=args.seeds, data=args.data, runs_dir=args.runs_dir,
                   val_split=args.val_split, device=args.device, iters=args.iters, from_dir=args.from_dir,
                   with_1202=args.with_1202, images=args.images, threads=args.threads, amp=args.amp,
-                  compile=args.compile, parallel=args.parallel)
+                  compile=args.compile, parallel=args.parallel, cuda_graphs=args.cuda_graphs)
     outcome = run_experiment(args.name, out, command=reproduce_command(args.name, out, **kwargs), **kwargs)
     for line in outcome.headline:
         print(line)

@@ -913,7 +913,7 @@ def reproduce_command(name: str, out: str | Path, budget: str, seeds: int, *, da
                       runs_dir: str | Path | None = None, val_split: int | None = None, device: str = "auto",
                       iters: int | None = None, from_dir: str | Path | None = None, with_1202: bool = False,
                       images: int = 0, threads: int | None = None, amp: str = "none", compile: bool = False,
-                      parallel: int = 1) -> str:
+                      parallel: int = 1, cuda_graphs: bool = False) -> str:
     """The exact ``resnetlab reproduce`` command line that produces (or resumes) an experiment."""
     parts = ["resnetlab", "reproduce", name, "--budget", budget, "--seeds", str(seeds)]
     if parallel > 1:
@@ -922,6 +922,8 @@ def reproduce_command(name: str, out: str | Path, budget: str, seeds: int, *, da
         parts += ["--amp", amp]
     if compile:
         parts += ["--compile"]
+    if cuda_graphs:
+        parts += ["--cuda-graphs"]
     if data:
         parts += ["--data", str(data)]
     if val_split is not None:
@@ -945,7 +947,7 @@ def reproduce_command(name: str, out: str | Path, budget: str, seeds: int, *, da
 
 
 # config.json keys that make two calls of an experiment the same one (their invocations add up).
-REPORT_IDENTITY = ("budget", "iters", "seeds", "data", "val_split", "amp", "compile")
+REPORT_IDENTITY = ("budget", "iters", "seeds", "data", "val_split", "amp", "compile", "cuda_graphs")
 
 
 def previous_invocations(out: Path, name: str, identity: dict[str, Any]) -> list[dict[str, Any]]:
@@ -972,7 +974,7 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
                    runs_dir: str | Path | None = None, val_split: int | None = None, device: str = "auto",
                    iters: int | None = None, from_dir: str | Path | None = None, with_1202: bool = False,
                    images: int = 0, threads: int | None = None, amp: str = "none", compile: bool = False,
-                   parallel: int = 1, command: str | None = None,
+                   parallel: int = 1, cuda_graphs: bool = False, command: str | None = None,
                    log: Callable[[str], None] | None = None) -> Outcome:
     """Train (or resume, or reuse) an experiment's runs, then write its figures and report into ``out``.
 
@@ -1007,7 +1009,7 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
                 else "the lr-0.01 warm-up of 110+ layers")
         b = dataclasses.replace(b, description=f"`--iters {iters}`: the paper's schedule (lr drops at 50% and 75%, "
                                                f"{warm}) scaled to {iters:,} iterations")
-    cfg = base_config(b, data, val_split, device, iters, amp=check_amp(amp), compile=compile)
+    cfg = base_config(b, data, val_split, device, iters, amp=check_amp(amp), compile=compile, cuda_graphs=cuda_graphs)
     if parallel < 1:
         raise UserError(f"--parallel must be at least 1, got {parallel}")
     per_run_threads = threads or b.threads or max(1, (os.cpu_count() or 1) // parallel)
@@ -1033,7 +1035,7 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
     config = {
         "experiment": name, "budget": b.name, "budget_description": b.description, "seeds": seeds,
         "data": data, "val_split": cfg.val_split, "subset": cfg.subset, "iters": cfg.iters, "device": device,
-        "amp": amp, "compile": compile, "hardware": hardware, "parallel": parallel,
+        "amp": amp, "compile": compile, "cuda_graphs": cuda_graphs, "hardware": hardware, "parallel": parallel,
         "out": str(out), "runs_dir": str(runs), "metrics_copied_to": str(out / RUN_LOGS) if copied else None,
         "train_config": cfg.to_dict(), "runs": [{"name": r.spec.name, "model": r.spec.model,
                                                  "model_args": r.spec.model_args, "seed": r.spec.seed,
@@ -1070,9 +1072,10 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
     command = command or reproduce_command(name, out, budget, seeds, data=data, runs_dir=runs_dir,
                                            val_split=val_split, device=device, iters=iters, from_dir=from_dir,
                                            with_1202=with_1202, images=images, threads=threads, amp=amp,
-                                           compile=compile, parallel=parallel)
+                                           compile=compile, parallel=parallel, cuda_graphs=cuda_graphs)
     precision = (f"Precision: {'fp32, as the paper trained' if amp == 'none' else amp + ' autocast (the paper: fp32)'}"
-                 f"; torch.compile {'on' if compile else 'off'}; hardware: {hardware}.")
+                 f"; torch.compile {'on' if compile else 'off'}"
+                 f"{'; CUDA graphs (fused SGD)' if cuda_graphs else ''}; hardware: {hardware}.")
     sections = outcome.sections[:1] + [("Precision and hardware", precision)] + outcome.sections[1:]
     sections = sections + [("Run", timing + "\n\nRunning the same command again resumes: finished runs "
                                            "are read back, an interrupted one continues from its `last.pt`.")]

@@ -34,7 +34,7 @@ IDENTITY_FIELDS = ("model", "model_args", "data", "val_split", "subset", "split_
                    "iters", "epochs", "schedule", "milestones", "gamma", "warmup_iters", "warmup_lr", "momentum",
                    "nesterov", "weight_decay", "decay_norm_and_bias", "label_smoothing", "augment", "pad",
                    "policy", "cutout", "mix", "mix_alpha", "ema_decay",
-                   "normalize", "tta_flip", "amp", "compile", "seed")
+                   "normalize", "tta_flip", "amp", "compile", "cuda_graphs", "seed")
 
 
 class ExperimentInterrupted(UserError):
@@ -236,7 +236,8 @@ def average_histories(histories: Sequence[list[dict[str, Any]]]) -> list[dict[st
 
 
 def base_config(budget: "Budget", data: str | None, val_split: int | None, device: str,
-                iters: int | None = None, amp: str = "none", compile: bool = False) -> TrainConfig:
+                iters: int | None = None, amp: str = "none", compile: bool = False,
+                cuda_graphs: bool = False) -> TrainConfig:
     """The paper-cifar recipe (He et al. 2015 Sec. 4.2) with the budget's length and runtime settings.
 
     fp32 without compile unless asked: the paper trained in fp32, and a reproduction should differ from
@@ -253,7 +254,7 @@ def base_config(budget: "Budget", data: str | None, val_split: int | None, devic
     cfg = recipe_config(
         "paper-cifar", data=data, iters=iters, batch_size=budget.batch_size,
         val_split=budget.val_split if val_split is None else val_split, subset=budget.subset,
-        compile=compile, amp=amp, eval_every=eval_every, device=device,
+        compile=compile, cuda_graphs=cuda_graphs, amp=amp, eval_every=eval_every, device=device,
         warmup_iters=warmup,
     )
     if budget.ramp is None:

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The GPU job of issue #13 as one command: the paper's Table 6 ResNets (paper-cifar, Sec. 4.2: 64k iterations
+# of batch 128 on the 45k/5k split) trained K at a time on one GPU with CUDA graphs, then every run folder
+# packed under $OUT so that it comes back from a device machine (at most 8 files of 16 MiB there).
+#
+#   scripts/gpu_train.sh                      # on the device machine: DATA, OUT and RUNS as below
+#   BUDGET=smoke DEVICE=cpu GRAPHS=0 DATA=resnetlab/data/sample/cifar10-sample OUT=/tmp/o scripts/gpu_train.sh
+#                                             # the same job end to end on a CPU in seconds (tests/test_gpu_job.py)
+#
+# The device machine starts bare and runs a command for at most 10 minutes, so training stops at
+# TRAIN_SECONDS with a checkpoint (SIGTERM: every run saves last.pt) and the packing still happens. A run
+# that finished ships best.pt; one that did not ships last.pt, to be carried back in RUNS next time: the
+# same command then resumes it (reproduce reuses finished runs and continues interrupted ones).
+#
+# Before the call, here: copy the images into the repo (../shared does not travel) and name them in carry:
+#   mkdir -p .data && cp -r ../shared/data/cifar10 .data/      # 46 MB; /.data/ is git-ignored
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA=${DATA:-.data/cifar10/train}
+OUT=${OUT:?set OUT to the folder whose files come back}
+RUNS=${RUNS:-runs/gpu/table6}          # carried in again to resume unfinished runs
+REPORT=${REPORT:-runs/gpu/table6-report}
+BUDGET=${BUDGET:-full}
+PARALLEL=${PARALLEL:-5}                # all five nets at once: the GPU is launch-bound at batch 128
+DEVICE=${DEVICE:-cuda}
+AMP=${AMP:-bf16}
+GRAPHS=${GRAPHS:-1}
+TRAIN_SECONDS=${TRAIN_SECONDS:-420}
+PYTHON=${PYTHON:-python3}
+MAX_BYTES=$((16 * 1024 * 1024))
+
+[ -d "$DATA" ] || { echo "gpu_train: no data at $DATA (copy ../shared/data/cifar10 to .data/ and carry it)" >&2; exit 2; }
+mkdir -p "$OUT" "$RUNS" "$REPORT"
+export PYTHONUNBUFFERED=1
+flags=(--budget "$BUDGET" --data "$DATA" --parallel "$PARALLEL" --device "$DEVICE" --amp "$AMP"
+       --out "$REPORT" --runs "$RUNS")
+[ "$GRAPHS" = 1 ] && flags+=(--cuda-graphs)
+[ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$REPORT/gpu.txt" || true
+
+# Training: stopped at TRAIN_SECONDS with a checkpoint; status 2 then means "interrupted, run again".
+set +e
+timeout -s TERM -k 60 "$TRAIN_SECONDS" env PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" \
+    "$PYTHON" -m resnetlab reproduce table6 "${flags[@]}" 2>&1 | tee "$REPORT/train.log"
+status=${PIPESTATUS[0]}
+set -e
+echo "gpu_train: reproduce exited with status $status" | tee -a "$REPORT/train.log"
+
+# Packing: one archive per run (its weights and logs), one for the report; each must fit what comes back.
+for run in "$RUNS"/*/; do
+    run=${run%/}; name=$(basename "$run")
+    if [ -f "$run/summary.json" ]; then weights=best.pt; else weights=last.pt; fi
+    files=(config.json metrics.jsonl)
+    for f in summary.json "$weights"; do [ -f "$run/$f" ] && files+=("$f"); done
+    tar -C "$run" -czf "$OUT/$name.tar.gz" "${files[@]}"
+done
+tar -C "$(dirname "$REPORT")" -czf "$OUT/report.tar.gz" "$(basename "$REPORT")"
+for f in "$OUT"/*.tar.gz; do
+    size=$(stat -c %s "$f")
+    [ "$size" -le "$MAX_BYTES" ] || { echo "gpu_train: $f is $size bytes, over the 16 MiB that come back" >&2; exit 3; }
+done
+count=$(find "$OUT" -maxdepth 1 -type f | wc -l)
+[ "$count" -le 8 ] || { echo "gpu_train: $count files under $OUT; at most 8 come back" >&2; exit 3; }
+ls -l "$OUT"
+exit "$status"
