@@ -16,8 +16,12 @@ install: $(BIN)/resnetlab
 demo: install
 	$(BIN)/resnetlab train --model resnet20 --recipe fast-cifar --epochs 15
 
+# Two workers, one torch thread each: the tests are small and mostly single-threaded, so on a 2-core
+# machine this halves the wall time; whole files go to one worker (module fixtures are built once).
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
