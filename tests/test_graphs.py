@@ -18,13 +18,13 @@ from resnetlab.cli import main
 from resnetlab.data import MemoryLoader
 from resnetlab.engine import graphs
 from resnetlab.engine import train as train_mod
-from resnetlab.engine.config import recipe_config
 from resnetlab.engine.evaluate import evaluate
 from resnetlab.engine.train import train
 from resnetlab.errors import UserError
 
 from test_train import SAMPLE, sigint_at, tiny  # noqa: F401 - the shared tiny run and its cache fixture
 from test_train import _cache  # noqa: F401
+from test_bench import one_thread  # noqa: F401 - autouse: one torch thread per test
 
 CPU = torch.device("cpu")
 
@@ -38,14 +38,6 @@ class CountingCapture:
     def __call__(self, body, device):
         self.captures += 1
         return body
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_cuda_graphs_refuses_what_it_cannot_capture(capsys: pytest.CaptureFixture[str]) -> None:
