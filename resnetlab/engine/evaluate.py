@@ -16,11 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``amp`` in {"bf16", "fp16"}; a no-op for "none"."""
+def autocast(device: torch.device, amp: str, cache_enabled: bool = True) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``amp`` in {"bf16", "fp16"}; a no-op for "none". ``cache_enabled=False`` for CUDA
+    graphs: a weight cast cached outside a graph would be stale inside it."""
     if amp == "none":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16,
+                          cache_enabled=cache_enabled)
 
 
 @torch.no_grad()

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from .evaluate import autocast
 
 WARMUP_STEPS = 3  # eager iterations before the capture (PyTorch's CUDA-graph notes use 3)
 Capture = Callable[[Callable[[], None], torch.device], Callable[[], None]]
@@ -68,14 +69,6 @@ def side_stream(device: torch.device) -> Iterator[None]:
     with torch.cuda.stream(stream):
         yield
     torch.cuda.current_stream(device).wait_stream(stream)
-
-
-def graph_autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Autocast without its cast cache: a weight cast cached outside a graph would be stale inside it."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
 
 
 class GraphedTrainStep:
@@ -122,7 +115,7 @@ class GraphedTrainStep:
     def _body(self) -> None:
         """The step on ``self.x``/``self.target``; what a capture records and every replay reruns."""
         self.optimizer.zero_grad(set_to_none=True)
-        with graph_autocast(self.device, self.amp):
+        with autocast(self.device, self.amp, cache_enabled=False):
             logits = self.forward(self.x)
             loss = self.loss_fn(logits, self.target)
         loss.backward()
@@ -154,7 +147,7 @@ class GraphedForward(nn.Module):
         static_x, out = torch.empty_like(x), []
 
         def body() -> None:
-            with graph_autocast(x.device, self.amp):
+            with autocast(x.device, self.amp, cache_enabled=False):
                 out[:] = [self.model(static_x)]
 
         static_x.copy_(x)

@@ -520,8 +520,7 @@ def train_step(run: Run, state: LoopState) -> float:
     mixed = mixed_targets(run, x, y, epoch, index)
     x, target = mixed if mixed is not None else (x, y)
     lr = lr_at(state.step, run.schedule)
-    step = run.graphed or functools.partial(eager_step, run)
-    loss, logits = step(x, target, lr)
+    loss, logits = run.graphed(x, target, lr) if run.graphed is not None else eager_step(run, x, target, lr)
     if run.ema is not None:
         run.ema.update(run.model)
     state.step += 1
