@@ -20,8 +20,11 @@ demo: install
 # machine this halves the wall time; whole files go to one worker (module fixtures are built once).
 TEST_WORKERS ?= 2
 
+# Inductor's kernel cache inside the checkout: a shared /tmp cache written under another CPU capability
+# (ATEN_CPU_CAPABILITY=avx2 for the forced-AVX2 run) crashed a later run's compiled kernels (segfault).
 test: install
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	OMP_NUM_THREADS=1 TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/.pytest_cache/inductor \
+		$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
