@@ -41,7 +41,6 @@ def test_init_with_another_architecture_is_a_clear_error(tmp_path: Path, capsys:
     assert err.startswith("resnetlab: error:") and "layer" in err
 
 
-@pytest.mark.slow
 def test_predict_onnx_gives_the_checkpoints_top_k(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("onnxruntime")
     train(tiny(tmp_path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -173,11 +174,16 @@ def test_centre_point_is_the_unperturbed_network_evaluated_directly(ckpts, tmp_p
 
 
 def test_a_resumed_grid_gives_the_uninterrupted_results_and_refuses_other_arguments(ckpts, tmp_path: Path) -> None:
+    lines: list[str] = []
     args = dict(dims=2, grid=3, range_="-0.5:0.5", subset=30, data="sample", seed=1, figures=False,
                 log=lambda s: None)
     both = [str(ckpts["a"]), str(ckpts["b"])]
-    full = run_landscape(both, tmp_path / "full", **args)
+    full = run_landscape(both, tmp_path / "full", **{**args, "log": lines.append, "progress": False})
     assert full["complete"] and full["new_points"] == 18
+    # Without a terminal, plain progress lines (every point of a 9-point grid but the last), one per checkpoint.
+    progress = [x for x in lines if re.fullmatch(r".+: \d/9 points, \d+\.\d\d s per point", x)]
+    assert [x.split(": ")[1].split(",")[0] for x in progress[:3]] == ["1/9 points", "2/9 points", "3/9 points"]
+    assert len(progress) == 16 and sum("all 9 points done" in x for x in lines) == 2
 
     # interrupted by a limit, twice, then finished
     out = tmp_path / "resumed"

@@ -125,7 +125,7 @@ def sigint_at(iteration: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
 
 def test_resume_equals_uninterrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGINT at iteration 5 saves a checkpoint; resuming ends with the uninterrupted run's weights."""
-    straight = train(tiny(tmp_path, "straight"))
+    train(tiny(tmp_path, "straight"))
     with sigint_at(5, monkeypatch):
         first = train(tiny(tmp_path, "resumed"))
     assert first.status == "interrupted" and first.step == 6
@@ -137,6 +137,24 @@ def test_resume_equals_uninterrupted(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert torch.equal(b[key], a[key]), key
     history = [json.loads(x)["iteration"] for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert history == [4, 8]
+
+
+def test_a_compiled_run_trains_like_the_eager_run(tmp_path: Path) -> None:
+    """`--compile` in the default run, on an 8-layer CIFAR ResNet (seconds to compile, where ResNet-20/50
+    take minutes): the compiled forward and backward give the eager run's weights to rounding. The
+    full-size compile checks are marked slow (`make test-slow`)."""
+    small = dict(model="resnet", model_args={"depth": 8}, subset=64, batch_size=16, iters=3, eval_every=3,
+                 amp="none", channels_last=False)
+    eager = train(tiny(tmp_path, "eager", **small))
+    compiled = train(tiny(tmp_path, "compiled", compile=True, **small))
+    assert eager.status == compiled.status == "completed"
+    a = torch.load(tmp_path / "eager" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "compiled" / "last.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    moved = [k for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k])]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert moved  # the two runs are two computations, not one checkpoint read twice
 
 
 def test_resolving_a_run_needs_no_training(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from ..errors import UserError
 COMMAND_MODULES = [
     "resnetlab.cli.models",
     "resnetlab.cli.train",
+    "resnetlab.cli.compare",
     "resnetlab.cli.evaluate",
     "resnetlab.cli.reproduce",
     "resnetlab.cli.analyze",

@@ -504,6 +504,8 @@ def run_landscape(checkpoints: Sequence[str], out: str | Path, *, dims: int = 1,
                         if bar is not None:
                             bar.update(1)
                             bar.set_postfix(loss=f"{r['loss']:.3f}", refresh=False)
+                        elif _progress_due(len(points), len(g.keys)):  # a log file or pipe: a line per tenth
+                            log(f"{label}: {len(points)}/{len(g.keys)} points, {r['seconds']:.2f} s per point")
                 finally:
                     perturb.restore()
             if stopped:
@@ -523,6 +525,12 @@ def run_landscape(checkpoints: Sequence[str], out: str | Path, *, dims: int = 1,
                                     new_images, figures)
     return {"complete": True, "results": results, "figures": names, "done": done, "total": total,
             "new_points": new_points, "new_images": new_images, "wall_seconds": wall}
+
+
+def _progress_due(done: int, total: int) -> bool:
+    """Whether a plain progress line is due after ``done`` of ``total`` points: ten lines a checkpoint."""
+    step = max(1, total // 10)
+    return done % step == 0 and done < total
 
 
 # -------------------------------------------------------------------------------- outputs
