@@ -5,11 +5,12 @@ BIN    := $(VENV)/bin
 
 .PHONY: install demo test test-slow clean
 
-# --no-compile: byte-compiling all of torch took 40 of the install's 94 s here; Python compiles what it
-# imports on first use instead. The bundled pip (23.2) installs editable pyproject packages as it is.
+# The bundled pip (23.2) installs editable pyproject packages as it is: no upgrade to download. pip's
+# byte-compiling stays on: these machines set PYTHONDONTWRITEBYTECODE=1, so without the .pyc files
+# pip writes, every test process (xdist workers, torchrun ranks) would compile torch from source.
 $(BIN)/resnetlab: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --no-compile -c constraints.txt -e '.[dev,plot,export]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,plot,export]'
 	touch $@
 
 install: $(BIN)/resnetlab
