@@ -17,7 +17,9 @@ from typing import Any, Sequence
 
 from ..engine.config import TrainConfig
 from ..errors import UserError
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write_text
+from .plots import Panel, Series, caption_line, draw_panel, new_figure, save_figure
+from .runs import read_metrics
 
 # The training config's fields, less those that name where a run lives or how it was started.
 COMPARED = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in {"out", "resume", "workers"}]
@@ -52,8 +54,7 @@ def load_run(path: str | Path, label: str | None = None) -> RunView:
         if not (run / name).is_file():
             raise UserError(f"{run} is not a run folder: it has no {name}")
     config = json.loads((run / "config.json").read_text())
-    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    view = RunView(label or run.name, run, config, history, config.get("resolved", {}).get("total_iters"))
+    view = RunView(label or run.name, run, config, read_metrics(run), config.get("resolved", {}).get("total_iters"))
     if not view.evaluations:
         raise UserError(f"{run} has no validation evaluation yet (train with --val-split to compare runs)")
     return view
@@ -110,50 +111,40 @@ def comparison_table(runs: Sequence[RunView]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def plot_comparison(runs: Sequence[RunView], path: Path) -> bool:
-    """Validation (bold) and training (dashed) error against epochs and against wall-clock minutes.
+def _caption(runs: Sequence[RunView]) -> str:
+    """The provenance caption :func:`~.plots.save_figure` requires: each distinct data/split and schedule."""
+    data = sorted({f"{r.config.get('data')} ({r.config.get('val_split')} held out)" for r in runs})
+    schedule = sorted({f"{r.config.get('recipe')} {r.total_iters} iters" for r in runs})
+    seeds = {r.config.get("seed") for r in runs}
+    return caption_line("; ".join(data), "; ".join(schedule), seeds.pop() if len(seeds) == 1 else None)
 
-    Returns False, writing nothing, when matplotlib is not installed.
-    """
-    try:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for x_key, scale, ax, name in (("epoch", 1, axes[0], "epoch"), ("wall_time", 60, axes[1], "wall time (min)")):
+def plot_comparison(runs: Sequence[RunView], path: Path) -> None:
+    """Validation (bold) and training (dashed) error against epochs and against wall-clock minutes."""
+    fig, axes = new_figure(1, 2, panel_size=(5.5, 3.8), sharey=True)
+    for col, (x_key, scale, xlabel) in enumerate((("epoch", 1, "epoch"), ("wall_time", 60, "wall time (min)"))):
+        panel = Panel("validation bold, training dashed" if col == 0 else "", xlabel,
+                      "top-1 error (%)" if col == 0 else "")
         for i, r in enumerate(runs):
             train = [(m[x_key] / scale, 100 * m["train_err"]) for m in r.history if x_key in m and "train_err" in m]
             val = [(m[x_key] / scale, 100 * m["val_top1_err"]) for m in r.evaluations if x_key in m]
             if train:
-                ax.plot(*zip(*train), "--", lw=0.9, color=f"C{i}")
+                panel.series.append(Series(None, *zip(*train), color=f"C{i}", linestyle="--", linewidth=0.9))
             if val:
-                ax.plot(*zip(*val), "-", lw=2.0, color=f"C{i}", label=r.label)
-        ax.set_xlabel(name)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("top-1 error (%): validation bold, training dashed")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_write(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return True
+                panel.series.append(Series(r.label if col == 0 else None, *zip(*val), color=f"C{i}", linewidth=2.0))
+        draw_panel(axes[0, col], panel)
+    save_figure(fig, path, _caption(runs))
 
 
 def write_comparison(runs: Sequence[RunView], out: str | Path, command: str) -> list[str]:
     """``compare.md`` (the command and the table), ``results.json`` and ``compare.png`` in ``out``; the files written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = comparison_table(runs)
-    written = ["compare.md", "results.json"]
-    figure = plot_comparison(runs, out / "compare.png")
-    text = [f"# {' vs '.join(r.label for r in runs)}", "", "```", command, "```", "", table, "",
+    plot_comparison(runs, out / "compare.png")
+    text = [f"# {' vs '.join(r.label for r in runs)}", "", "```", command, "```", "", comparison_table(runs), "",
             "Validation error is on each run's own held-out split. The final evaluation is the honest figure; "
-            "the best is picked on the same images and is optimistic."]
-    text += ["", "![curves](compare.png)"] if figure else ["", "(no figure: matplotlib is not installed)"]
+            "the best is picked on the same images and is optimistic.", "", "![curves](compare.png)"]
     atomic_write_text(out / "compare.md", "\n".join(text) + "\n")
     results = {"command": command, "differing_fields": differing_fields(runs), "runs": [summarize(r) for r in runs]}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-    return written + (["compare.png"] if figure else [])
+    return ["compare.md", "results.json", "compare.png"]

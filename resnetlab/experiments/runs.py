@@ -102,9 +102,14 @@ def first_difference(saved: dict[str, Any], cfg: TrainConfig) -> str | None:
     return None
 
 
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """A run folder's ``metrics.jsonl``: one record per evaluation, in order."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
 def read_run(spec: RunSpec, run_dir: Path, trained_now: bool = False) -> RunRecord:
     """Load a finished run folder (config.json, metrics.jsonl, summary.json) into a :class:`RunRecord`."""
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    history = read_metrics(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
     return RunRecord(spec, run_dir, history, summary, config, trained_now)
