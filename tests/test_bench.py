@@ -180,18 +180,19 @@ def test_a_wrong_gradient_sign_fails_where_the_gradient_is_checkable(monkeypatch
 def test_an_ill_conditioned_check_leaves_the_gradient_unchecked_not_passed(monkeypatch: pytest.MonkeyPatch) -> None:
     """ResNet-50 at init, batch 4 at 32 px: rounding the reference's own input to bf16 turns its gradient by
     cosine ~0 (on AVX-512 and AVX2 CPUs alike), so bf16's gradient direction cannot be judged and is reported
-    unchecked; fp32 stays well-conditioned there, so a sign error in an fp32 mode still fails."""
+    unchecked; fp32 stays well-conditioned there, so a sign error in an fp32 mode still fails.
+
+    One run (ResNet-50 in emulated bf16 is slow): channels-last's gradient comes back with the wrong sign, so
+    it must fail, and its cosine near -1 says the true one is near +1 (well-conditioned, checked)."""
+    _flip_gradients_of("channels-last", monkeypatch)
     modes = resolve_modes("train", ["bf16", "channels-last"], CPU)
     quick = {**QUICK, "input_size": (3, 32, 32)}
     result = run_bench("train", "resnet50", modes, batch_size=4, **quick)
     bf16, cl = result.results[1], result.results[2]
     assert result.sensitivity["bf16"]["grad_cosine"] < 0.9 and bf16.grad_min_cosine is None
     assert bf16.tolerance == bench_runner.calibrated_limits("bf16", result.sensitivity["bf16"])[0]
-    assert cl.grad_min_cosine is not None and cl.agrees
     assert "gradients are unchecked" in format_result(result)
-    _flip_gradients_of("channels-last", monkeypatch)
-    fp32_only = resolve_modes("train", ["channels-last"], CPU)
-    assert not run_bench("train", "resnet50", fp32_only, batch_size=4, **quick).results[1].agrees
+    assert cl.grad_min_cosine is not None and cl.grad_cosine < -0.99 and not cl.agrees
 
 
 def test_calibrated_limits_widen_then_give_up_on_the_gradient() -> None:

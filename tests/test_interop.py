@@ -24,8 +24,8 @@ def test_init_replaces_classifier_and_keeps_the_rest(tmp_path: Path, capsys: pyt
     torch.manual_seed(1)
     source = create_model("resnet20", num_classes=100)
     torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "c100.pth")
-    result = train(tiny(tmp_path, init=str(tmp_path / "c100.pth"), iters=1, eval_every=1, lr=0.0, momentum=0.0,
-                        weight_decay=0.0))
+    result = train(tiny(tmp_path, model="resnet20", model_args={}, init=str(tmp_path / "c100.pth"), iters=1,
+                        eval_every=1, lr=0.0, momentum=0.0, weight_decay=0.0))
     assert "100 -> 10" in capsys.readouterr().out
     trained = torch.load(result.out_dir / "last.pt", weights_only=True)["state_dict"]
     torch.testing.assert_close(trained["layer2.1.conv1.weight"], source.state_dict()["layer2.1.conv1.weight"])

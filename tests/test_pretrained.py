@@ -61,7 +61,7 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mp = pytest.MonkeyPatch()
     mp.setenv("RESNETLAB_DATA", str(root / "cache"))
     cfg = recipe_config("paper-cifar", data=SAMPLE, subset=320, val_split=100, batch_size=32, iters=6,
-                        eval_every=3, out=str(root / "run"), device="cpu", seed=1)
+                        eval_every=6, out=str(root / "run"), device="cpu", seed=1)
     train(cfg, log=lambda _m: None)
     publish(str(root / "run" / "last.pt"), "resnet20", commit="abc1234", hardware="test machine",
             dest=root / "weights", log=lambda _m: None)

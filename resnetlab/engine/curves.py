@@ -39,7 +39,7 @@ def plot_run(history: list[dict[str, Any]], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     plot_error_curves(ax, [("", history)])
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.11, top=0.93)  # fixed margins: tight_layout doubled the cost
     with atomic_write(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
