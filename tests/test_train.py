@@ -249,6 +249,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, mo
         train(tiny(tmp_path))
     good = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert good["step"] == 4
+    assert (tmp_path / "run" / "curves.png").is_file()  # drawn on the way out (the first drawing waits 30 s)
     assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())
 
 
