@@ -167,6 +167,11 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """A run folder's ``metrics.jsonl``: one record per evaluation, in order."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
 class MetricsLog:
     """metrics.jsonl, curves.png and TensorBoard events (when tensorboard is installed), rank 0 only.
 
@@ -182,7 +187,7 @@ class MetricsLog:
         self.path = out_dir / "metrics.jsonl"
         self.history: list[dict[str, Any]] = []
         if self.path.exists():
-            self.history = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.history = read_metrics(out_dir)
         self.tb = None
         if enabled:
             try:
@@ -222,7 +227,7 @@ class MetricsLog:
 
     def close(self) -> None:
         """Draw what the last drawing left out; close TensorBoard's writer."""
-        if self.enabled and self.unplotted:
+        if self.unplotted:  # only ever set where enabled
             self.plot()
         if self.tb is not None:
             self.tb.close()

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..engine.config import TrainConfig
+from ..engine.train import read_metrics
 from ..errors import UserError
 from ..io import atomic_write_text
 from .plots import Panel, Series, caption_line, draw_panel, new_figure, save_figure
-from .runs import read_metrics
 
 # The training config's fields, less those that name where a run lives or how it was started.
 COMPARED = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in {"out", "resume", "workers"}]

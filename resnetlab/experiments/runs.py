@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..engine.config import RECIPES, TrainConfig, recipe_config, saved_split_seed
-from ..engine.train import train
+from ..engine.train import read_metrics, train
 from ..errors import UserError
 
 # Fields that define what a run computes; a folder whose config differs in any of them is another run
@@ -100,11 +100,6 @@ def first_difference(saved: dict[str, Any], cfg: TrainConfig) -> str | None:
         if a != b:
             return f"{key}: the folder's run has {a!r}, this experiment wants {b!r}"
     return None
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """A run folder's ``metrics.jsonl``: one record per evaluation, in order."""
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def read_run(spec: RunSpec, run_dir: Path, trained_now: bool = False) -> RunRecord:
