@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -40,6 +42,15 @@ def test_option_b_count_and_option_a_adds_nothing() -> None:
     assert count_params(model) == count_params(create_model("plain20"))
     # Option C projects on every unit: 9 units, each a 1x1 conv + BN.
     assert count_params(meta_model("resnet20", shortcut="C")) > count_params(meta_model("resnet20", shortcut="B"))
+
+
+def test_meta_model_draws_no_values_and_stays_light() -> None:
+    # `reproduce` counts parameters of every planned run with meta_model; torch's meta normal_ imports
+    # dynamo on first use (about 3 s on a 2-core AVX2 CPU), so meta models skip the He init.
+    code = ("import sys; from resnetlab.models.profile import meta_model, count_params; "
+            "m = meta_model('resnet56'); print(count_params(m), m.conv1.weight.is_meta, 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(PARAMS["resnet56"]), "True", "False"]
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

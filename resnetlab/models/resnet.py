@@ -185,7 +185,9 @@ class ResNet(nn.Module):
     def reset_parameters(self, zero_init_residual: bool = False) -> None:
         """He normal init for convs (He et al. 2015b, as the paper Sec. 3.4), norm weight 1 and bias 0."""
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            # On the meta device (profile.meta_model: shapes and counts only) there are no values to draw,
+            # and torch's meta normal_ imports dynamo on first use, 2-3 s of every `reproduce` run.
+            if isinstance(m, nn.Conv2d) and not m.weight.is_meta:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.constant_(m.weight, 1)
