@@ -29,10 +29,15 @@ from resnetlab.export import (
 )
 from resnetlab.models import MODELS
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def onnx_rt():
+    """onnx and onnxruntime (the [export] extra), imported only by the tests that use them: about 2 s
+    at collection in every xdist worker otherwise, and the other tests here run without them."""
+    return pytest.importorskip("onnx"), pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -110,7 +115,8 @@ def torch_logits(model: nn.Module, images: torch.Tensor, mean: list[float], std:
 # ------------------------------------------------------------------------------------------------ ONNX
 
 
-def test_onnx_resnet18_dynamic_batch_matches_pytorch(tmp_path: Path) -> None:
+def test_onnx_resnet18_dynamic_batch_matches_pytorch(tmp_path: Path, onnx_rt) -> None:
+    onnx, ort = onnx_rt
     torch.manual_seed(0)
     loaded = load_model("resnet18")
     # 64x64 instead of 224x224 keeps the test fast; the graph is the same (global pooling before fc).
@@ -130,7 +136,7 @@ def test_onnx_resnet18_dynamic_batch_matches_pytorch(tmp_path: Path) -> None:
     assert np.abs(out - ref).max() < 1e-4 * max(1.0, float(np.abs(ref).max()))
 
 
-def test_onnx_of_checkpoint_predicts_same_topk(tmp_path: Path, checkpoint20: Path, capsys) -> None:
+def test_onnx_of_checkpoint_predicts_same_topk(tmp_path: Path, checkpoint20: Path, capsys, onnx_rt) -> None:
     out = tmp_path / "r20.onnx"
     assert main(["export", str(checkpoint20), "--out", str(out), "--fuse-bn"]) == 0
     printed = capsys.readouterr().out
@@ -152,7 +158,8 @@ def test_onnx_of_checkpoint_predicts_same_topk(tmp_path: Path, checkpoint20: Pat
         OnnxClassifier(out)(np.zeros((1, 3, 64, 64), dtype=np.uint8))
 
 
-def test_onnx_opset17_fixed_batch_pads_last_chunk(tmp_path: Path, checkpoint20: Path) -> None:
+def test_onnx_opset17_fixed_batch_pads_last_chunk(tmp_path: Path, checkpoint20: Path, onnx_rt) -> None:
+    onnx, _ = onnx_rt
     from resnetlab.export.onnx_predict import OnnxClassifier
 
     out = tmp_path / "r20_b4.onnx"
