@@ -81,7 +81,12 @@ def test_schedule_scales_with_run_length_and_shapes() -> None:
 
 
 def test_recipes_are_typed_and_listed(capsys: pytest.CaptureFixture) -> None:
-    assert set(RECIPES) == {"paper-cifar", "fast-cifar", "paper-imagenet"}
+    assert set(RECIPES) == {"paper-cifar", "fast-cifar", "fast-cifar-b128", "paper-imagenet"}
+    # fast-cifar-b128 is fast-cifar with the batch halved and lr and ramp scaled with it, nothing else.
+    fast, b128 = RECIPES["fast-cifar"].values, RECIPES["fast-cifar-b128"].values
+    assert {k for k in fast if fast[k] != b128[k]} == {"batch_size", "lr", "warmup_iters"}
+    assert b128["lr"] / b128["batch_size"] == fast["lr"] / fast["batch_size"]
+    assert b128["warmup_iters"] * b128["batch_size"] == fast["warmup_iters"] * fast["batch_size"]  # one epoch of images
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
     assert "paper-cifar" in out and "32k and 48k" in out
