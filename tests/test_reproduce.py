@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 from pathlib import Path
 
@@ -139,6 +140,60 @@ def test_table6_and_preact_have_paper_columns(smoke: dict[str, Path]) -> None:
     assert sc["runs"]["resnet20-A"]["params"] < sc["runs"]["resnet20-B"]["params"] < sc["runs"]["resnet20-C"]["params"]
 
 
+def _run_copy(src: Path, dest: Path, drop: str, **changes) -> Path:
+    """A copy of a finished run folder under another name, without ``drop`` (``last.pt``: committed logs;
+    ``summary.json``: an unfinished run), its config.json changed by ``changes`` (``resolved.amp`` nests)."""
+    shutil.copytree(src, dest)
+    (dest / drop).unlink()
+    cfg = json.loads((dest / "config.json").read_text())
+    for key, value in changes.items():
+        *parents, leaf = key.split(".")
+        node = cfg
+        for k in parents:
+            node = node[k]
+        node[leaf] = value
+    (dest / "config.json").write_text(json.dumps(cfg))
+    return dest
+
+
+def test_table6_reads_run_folders_and_lists_what_is_not_finished(smoke: dict[str, Path], tmp_path: Path) -> None:
+    runs = smoke["table6"] / "runs"
+    # ResNet-20 as committed logs (no last.pt), trained in bf16: precision may differ, the table says so.
+    r20 = _run_copy(runs / "resnet20-s0", tmp_path / "paper-r20", "last.pt", amp="bf16", **{"resolved.amp": "bf16"})
+    r32 = _run_copy(runs / "resnet32-s0", tmp_path / "paper-r32", "summary.json")  # interrupted
+    out = tmp_path / "t6"
+    argv = ["reproduce", "table6", "--budget", "smoke", "--data", SAMPLE, "--from", str(r20), "--from", str(r32),
+            "--finished-only", "--out", str(out)]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["runs"]) == ["resnet20"] and results["runs"]["resnet20"]["precision"] == ["bf16 autocast"]
+    assert results["not_trained"] == ["resnet32", "resnet44", "resnet56", "resnet110"]
+    assert results["trained_in_this_invocation"] == [] and not (out / "runs").exists()
+    report = (out / "report.md").read_text()
+    assert "| ResNet-20 | 0.27M | 0.27M |" in report and "| bf16 autocast | 0.00 |" in report
+    assert f"- ResNet-32: in progress in `{r32}`, iteration 2 of 2;" in report and "- ResNet-44: no run yet." in report
+    assert "Every run was read from `--from`, none trained by this command" in report
+    config = json.loads((out / "config.json").read_text())
+    assert config["reused_runs"] == {"resnet20-s0": str(r20)} and config["finished_only"] is True
+
+
+def test_from_refuses_a_run_of_another_recipe_and_finished_only_needs_something(
+        smoke: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    other = _run_copy(smoke["table6"] / "runs" / "resnet20-s0", tmp_path / "r20", "last.pt", iters=3)
+    base = ["reproduce", "table6", "--budget", "smoke", "--data", SAMPLE, "--finished-only"]
+    assert main(base + ["--from", str(other), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert f"--from: {other} is not the run this experiment needs (iters: the folder's run has 3" in err
+    assert err.count("\n") == 1
+    assert main(base + ["--out", str(tmp_path / "b")]) == 2
+    assert "--finished-only: no finished run of table6 in" in capsys.readouterr().err
+    # The experiments whose claims compare every network with every other cannot leave one out.
+    r20 = _run_copy(smoke["degradation"].parent / "degradation-runs" / "resnet20-s0", tmp_path / "d20", "last.pt")
+    assert main(["reproduce", "degradation", "--budget", "smoke", "--data", SAMPLE, "--finished-only", "--from",
+                 str(r20), "--out", str(tmp_path / "c")]) == 2
+    assert "--finished-only: degradation compares all its networks, and plain-20, " in capsys.readouterr().err
+
+
 def test_rerun_trains_nothing(smoke: dict[str, Path]) -> None:
     out = smoke["shortcuts"]
     before = (out / "runs" / "resnet20-A-s0" / "summary.json").stat().st_mtime_ns
@@ -258,9 +313,9 @@ def test_interrupted_experiment_resumes(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["reproduce", "degradation", "--budget", "smoke", "--seeds", "0", "--out", str(tmp_path)]) == 2
-    assert main(["reproduce", "degradation", "--budget", "smoke", "--from", str(tmp_path), "--out",
+    assert main(["reproduce", "degradation", "--budget", "smoke", "--from", str(tmp_path / "nowhere"), "--out",
                  str(tmp_path / "x")]) == 2
-    assert "--from only applies to layer-responses" in capsys.readouterr().err
+    assert "--from " + str(tmp_path / "nowhere") + ": no such folder" in capsys.readouterr().err
     assert main(["reproduce", "table6", "--budget", "smoke", "--parallel", "0", "--out", str(tmp_path / "p")]) == 2
     assert "--parallel must be at least 1" in capsys.readouterr().err
 

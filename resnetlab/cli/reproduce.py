@@ -28,8 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="hold out N training images as validation (default 5000 for full/short, the paper's 45k/5k "
                         "split; 50 for smoke); 0 uses the data's test split")
     p.add_argument("--iters", type=int, help="override the budget's run length (the schedule scales with it)")
-    p.add_argument("--from", dest="from_dir", metavar="DIR",
-                   help="layer-responses: reuse the finished runs of a degradation experiment (its --out or --runs)")
+    p.add_argument("--from", dest="from_dirs", metavar="DIR", action="append", default=[],
+                   help="read finished runs instead of training them: a run folder (runs/paper-r20, or its "
+                        "committed logs in docs/results/...), a runs folder, or another experiment's --out or "
+                        "--runs; repeatable. A run is reused only if its recipe, data, split, length and seed "
+                        "match (precision may differ: the report says per network)")
+    p.add_argument("--finished-only", action="store_true",
+                   help="train nothing: report on the finished runs (--from, or this experiment's runs folder) "
+                        "and list the networks not trained yet (table6; the other experiments need every network)")
     p.add_argument("--with-1202", action="store_true", help="table6: also train ResNet-1202")
     p.add_argument("--images", type=int, default=0,
                    help="layer-responses: measure on the first N validation images (default all)")
@@ -60,7 +66,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             raise UserError(f"--{flag.replace('_', '-')} must not be negative, got {value}")
     out = Path(args.out or f"runs/reproduce-{args.name}")
     kwargs = dict(budget=args.budget, seeds=args.seeds, data=args.data, runs_dir=args.runs_dir,
-                  val_split=args.val_split, device=args.device, iters=args.iters, from_dir=args.from_dir,
+                  val_split=args.val_split, device=args.device, iters=args.iters, from_dirs=args.from_dirs,
+                  finished_only=args.finished_only,
                   with_1202=args.with_1202, images=args.images, threads=args.threads, amp=args.amp,
                   compile=args.compile, parallel=args.parallel, cuda_graphs=args.cuda_graphs)
     outcome = run_experiment(args.name, out, command=reproduce_command(args.name, out, **kwargs), **kwargs)

@@ -39,14 +39,15 @@ from ..weights import load_checkpoint, model_from_checkpoint
 from ..engine.config import TrainConfig, check_amp, saved_split_seed
 from ..engine.distributed import resolve_device
 from ..engine.curves import plot_error_curves
+from ..engine.train import read_metrics
 from ..errors import UserError
 from ..hardware import device_name
 from ..models.profile import count_params, meta_model
 from .layer_responses import measure_responses
 from .plots import caption_line, new_figure, require_matplotlib, save_figure
 from .report import markdown_table, write_report
-from .runs import (Budget, RunRecord, RunSpec, average_histories, base_config, copy_metrics, ensure_run,
-                   first_difference, fmt_pct, fmt_stat, mean_std, read_run, run_all)
+from .runs import (RUNTIME_FIELDS, Budget, RunRecord, RunSpec, average_histories, base_config, copy_metrics,
+                   ensure_run, first_difference, fmt_pct, fmt_stat, mean_std, read_run, run_all, run_state)
 
 # --------------------------------------------------------------------------------------------- budgets
 
@@ -108,7 +109,8 @@ class Context:
     cfg: TrainConfig
     seeds: int
     log: Callable[[str], None]
-    from_dir: Path | None = None
+    from_dirs: tuple[Path, ...] = ()  # --from: folders whose finished runs are read instead of trained
+    finished_only: bool = False  # --finished-only: train nothing; report on the runs that are finished
     with_1202: bool = False
     images: int = 0  # layer-responses: images to measure on (0: the whole validation set)
     parallel: int = 1  # runs trained at once, one process each (runs.run_all)
@@ -196,6 +198,12 @@ def group_by_label(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
     return out
 
 
+def run_precision(rec: RunRecord) -> str:
+    """The precision a run trained in, as its engine resolved it: ``fp32``, ``bf16`` or ``fp16`` autocast."""
+    amp = rec.config.get("resolved", {}).get("amp", rec.config.get("amp")) or "none"
+    return "fp32" if amp == "none" else f"{amp} autocast"
+
+
 def final_err(rec: RunRecord, key: str = "val_top1_err") -> float:
     """The error at the end of training (last evaluation), NaN when there is none."""
     value = rec.final.get(key)
@@ -226,6 +234,7 @@ def run_summary(records: Sequence[RunRecord]) -> dict[str, Any]:
         # As the paper's Table 6 reports ResNet-110: the best run by final error, beside the mean ± std.
         entry["best_run_val_err"] = {"value": finals[best_seed], "seed": recs[best_seed].spec.seed}
         entry["iters"] = [r.summary.get("total_iters") for r in recs]
+        entry["precision"] = sorted({run_precision(r) for r in recs})
         entry["wall_seconds"] = [round(r.wall_time, 1) for r in recs]
         entry["run_dirs"] = [str(r.out_dir) for r in recs]
         entry["history"] = average_histories([r.history for r in recs])
@@ -291,8 +300,82 @@ class Check:
 RunList = Sequence[tuple[str, str, dict[str, Any], str]]  # (label, model, model args, group)
 
 
-def _train_all(ctx: Context, specs: list[RunSpec]) -> list[RunRecord]:
-    return ctx.run_all(specs)
+def _run_folder_config(folder: Path) -> dict[str, Any] | None:
+    """The config.json of a ``resnetlab train`` run folder (not of an experiment's report folder), else None."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) and "model" in cfg and "experiment" not in cfg else None
+
+
+def _candidates(from_dir: Path, spec: RunSpec) -> list[Path]:
+    """Where one ``--from`` folder may hold ``spec``'s finished run.
+
+    The folder itself when it is a run of the same model, arguments and seed (``runs/paper-r20``, or a
+    committed log folder such as ``docs/results/paper-cifar-resnet20``); otherwise ``DIR/<run>``,
+    ``DIR/runs/<run>`` and the runs folder an experiment's config.json names.
+    """
+    own = _run_folder_config(from_dir)
+    if own is not None:
+        same = (own["model"], own.get("model_args") or {}, own.get("seed", 0)) == (spec.model, spec.model_args,
+                                                                                 spec.seed)
+        return [from_dir] if same else []
+    candidates = [from_dir / spec.name, from_dir / "runs" / spec.name]
+    try:
+        runs_dir = json.loads((from_dir / "config.json").read_text()).get("runs_dir")
+    except (OSError, ValueError):
+        runs_dir = None
+    if runs_dir:
+        candidates.append(Path(runs_dir) / spec.name)
+    return candidates
+
+
+def _reusable(from_dirs: Sequence[Path], spec: RunSpec, cfg: TrainConfig, need_checkpoint: bool) -> Path | None:
+    """A finished run folder for ``spec`` under one of ``from_dirs``, else None.
+
+    Reused only when its identity matches ``cfg`` for this spec (:func:`first_difference`) in everything but
+    how it was computed (:data:`RUNTIME_FIELDS`: precision, compile, CUDA graphs), which the report states
+    per network; a folder that differs in anything else is refused in one line naming the field. Without
+    ``last.pt`` (a committed log folder) a run serves reports that read its logs, not ``need_checkpoint`` ones.
+    """
+    want = cfg.replace(model=spec.model, model_args=dict(spec.model_args), seed=spec.seed)
+    for from_dir in from_dirs:
+        for c in _candidates(from_dir, spec):
+            if not (c / "summary.json").is_file() or (need_checkpoint and not (c / "last.pt").is_file()):
+                continue
+            diff = first_difference(json.loads((c / "config.json").read_text()), want, ignore=RUNTIME_FIELDS)
+            if diff:
+                raise UserError(f"--from: {c} is not the run this experiment needs ({diff})")
+            return c
+    return None
+
+
+def _reuse_or_train(ctx: Context, specs: list[RunSpec], need_checkpoint: bool = False) -> list[RunRecord]:
+    """The finished runs of ``--from`` where their identity matches; the rest trained here (or, with
+    ``--finished-only``, only read back where this experiment's runs folder has them finished)."""
+    found = {s.name: _reusable(ctx.from_dirs, s, ctx.cfg, need_checkpoint) for s in specs}
+    for name, folder in found.items():
+        if folder is not None:
+            ctx.log(f"[{name}] reusing the finished run in {folder}")
+    rest = [s for s in specs if found[s.name] is None]
+    if ctx.finished_only:
+        rest = [s for s in rest if run_state(ctx.runs_dir / s.name) == "done"]
+    own = {r.spec.name: r for r in ctx.run_all(rest)}
+    return [read_run(s, found[s.name]) if found[s.name] is not None else own[s.name]
+            for s in specs if found[s.name] is not None or s.name in own]
+
+
+def _from_text(ctx: Context) -> str:
+    """The ``--from`` folders, for a report's prose."""
+    return ", ".join(f"`{d}`" for d in ctx.from_dirs)
+
+
+def _reused(ctx: Context, records: Sequence[RunRecord]) -> dict[str, str]:
+    """Run name -> folder, for the runs that came from ``--from`` rather than this experiment's runs folder."""
+    if not ctx.from_dirs:
+        return {}
+    return {r.spec.name: str(r.out_dir) for r in records if r.out_dir.parent.resolve() != ctx.runs_dir.resolve()}
 
 
 def _summarise_runs(_ctx: Context, records: list[RunRecord]) -> dict[str, Any]:
@@ -324,11 +407,12 @@ class Experiment:
     claims_heading: str = ""
     table_heading: str = "Results"
     summary_key: str = "runs"
-    obtain: Callable[[Context, list[RunSpec]], list[RunRecord]] = _train_all
+    obtain: Callable[[Context, list[RunSpec]], list[RunRecord]] = _reuse_or_train
     collect: Callable[[Context, list[RunRecord]], dict[str, Any]] = _summarise_runs
     notes: Callable[[Context, dict[str, Any], dict[str, bool], list[RunRecord]], str] | None = None
     extra: Callable[[Context, dict[str, Any], list[RunRecord]], dict[str, Any]] = _nothing
     config: Callable[[Context, list[RunRecord]], dict[str, Any]] = _nothing
+    partial_ok: bool = False  # --finished-only may leave out unfinished configurations (table6: row by row)
 
 
 def check_all(checks: dict[str, Check], summary: dict[str, Any]) -> dict[str, bool]:
@@ -336,21 +420,78 @@ def check_all(checks: dict[str, Check], summary: dict[str, Any]) -> dict[str, bo
     return {name: c.holds(summary) for name, c in checks.items()}
 
 
+def _not_finished(ctx: Context, exp: Experiment, runs: RunList, records: list[RunRecord]) -> list[str]:
+    """With ``--finished-only``: the configurations that have no finished run, which the report leaves out.
+
+    Only an experiment whose table and figure stand row by row (``partial_ok``) may leave some out; the
+    claims of the others compare every configuration with every other.
+    """
+    present = {r.spec.label for r in records}
+    missing = [label for label, *_ in runs if label not in present]
+    where = f"`{ctx.runs_dir}`" + (f" or {_from_text(ctx)}" if ctx.from_dirs else "")
+    if not present:
+        raise UserError(f"--finished-only: no finished run of {exp.name} in {where}")
+    if missing and not exp.partial_ok:
+        raise UserError(f"--finished-only: {exp.name} compares all its networks, and "
+                        f"{', '.join(map(display_name, missing))} have no finished run in {where}")
+    return missing
+
+
+def in_progress(ctx: Context, spec: RunSpec) -> tuple[Path, dict[str, Any], int] | None:
+    """An unfinished run of ``spec`` (``last.pt``, no summary) in the runs folder or a ``--from`` folder:
+    the folder, its last evaluation and its length in iterations."""
+    for folder in [ctx.runs_dir / spec.name] + [c for d in ctx.from_dirs for c in _candidates(d, spec)]:
+        if run_state(folder) != "partial":
+            continue
+        history = read_metrics(folder)
+        try:
+            total = json.loads((folder / "config.json").read_text())["resolved"]["total_iters"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if history:
+            return folder, history[-1], int(total)
+    return None
+
+
+def _missing_text(ctx: Context, missing: Sequence[str]) -> str:
+    """The report's words on the configurations a ``--finished-only`` report leaves out, and how far each is."""
+    specs = {s.label: s for s in ctx.specs(EXPERIMENTS[ctx.name].runs(ctx))}
+    lines = []
+    for label in missing:
+        found = in_progress(ctx, specs[label])
+        if found is None:
+            lines.append(f"- {display_name(label)}: no run yet.")
+            continue
+        folder, last, total = found
+        lines.append(f"- {display_name(label)}: in progress in `{folder}`, iteration {last['iteration']:,} of "
+                     f"{total:,}; validation error {fmt_pct(last.get('val_top1_err', float('nan')))}% at that "
+                     f"point (lr {last.get('lr', float('nan')):g}, not a final number).")
+    where = f"`{ctx.runs_dir}`" + (f" or {_from_text(ctx)}" if ctx.from_dirs else "")
+    return ("No finished run in " + where + " for:\n\n" + "\n".join(lines) + "\n\n`--finished-only` reports on "
+            "the others and trains nothing; without it, the same command trains these (an interrupted run continues "
+            "from its `last.pt`).")
+
+
 def render(exp: Experiment, ctx: Context) -> Outcome:
     """Obtain the runs, then the report every experiment shares: what is run, the table, the checks, the budget."""
     runs = exp.runs(ctx)
     records = exp.obtain(ctx, ctx.specs(runs))
+    missing = _not_finished(ctx, exp, runs, records)
+    runs = [r for r in runs if r[0] not in missing]
     summary = exp.collect(ctx, records)
     checks = check_all(exp.checks, summary)
     figure = exp.figure(ctx, summary, records)
     table = markdown_table([c.header for c in exp.columns],
                            [[c.cell(ctx, label, summary[label]) for c in exp.columns] for label, *_ in runs])
     sections = [("What is run", exp.what(ctx, records)), (exp.table_heading, table)]
+    if missing:
+        sections.append(("Not trained yet", _missing_text(ctx, missing)))
     if exp.checks or exp.notes:
         reading = "\n".join(f"- {c.claim(summary)}: {verdict(checks[n])}." for n, c in exp.checks.items())
         sections.append((exp.claims_heading, reading + (exp.notes(ctx, summary, checks, records) if exp.notes else "")))
     sections.append(("What this budget does and does not show", budget_note(ctx, exp.name)))
-    results = {exp.summary_key: summary, **({"checks": checks} if exp.checks else {}), **exp.extra(ctx, summary, records)}
+    results = {exp.summary_key: summary, **({"checks": checks} if exp.checks else {}),
+               **({"not_trained": missing} if missing else {}), **exp.extra(ctx, summary, records)}
     return Outcome(exp.title, sections, results, [figure.name], records, exp.headline(summary),
                    exp.config(ctx, records))
 
@@ -568,9 +709,12 @@ def _table6_figure(ctx: Context, summary: dict[str, Any], records: list[RunRecor
     stds = [100 * summary[f"resnet{d}"]["final_val_err"]["std"] for d in depths]
     ax.errorbar(depths, means, yerr=stds, marker="o", capsize=3, color="tab:blue",
                 label=f"this run, final val error (mean ± std, {ctx.seeds} seed(s))")
-    ax.plot(depths, [PAPER_TABLE6_ERR[d] for d in depths], "s--", color="0.4", label="paper Table 6 (test error)")
+    # The paper's whole table, also at depths not trained yet (a --finished-only report), for where ours sit.
+    paper_depths = sorted(set(depths) | set(_table6_depths(ctx)))
+    ax.plot(paper_depths, [PAPER_TABLE6_ERR[d] for d in paper_depths], "s--", color="0.4",
+            label="paper Table 6 (test error)")
     ax.set_xscale("log")
-    ax.set_xticks(depths, [str(d) for d in depths])
+    ax.set_xticks(paper_depths, [str(d) for d in paper_depths])
     ax.minorticks_off()
     ax.set_xlabel("depth (layers)")
     ax.set_ylabel("top-1 error (%)")
@@ -611,10 +755,12 @@ TABLE6 = Experiment(
     runs=lambda ctx: [(f"resnet{d}", f"resnet{d}", {}, "resnet") for d in _table6_depths(ctx)],
     columns=[Column("network", network_cell), Column("params", lambda _c, _l, e: f"{e['params'] / 1e6:.2f}M"),
              Column("paper params", lambda _c, label, _e: PAPER_TABLE6_PARAMS[_depth(label)]),
-             Column("final val err (%) mean ± std", lambda _c, _l, e: fmt_stat(e["final_val_err"])),
+             Column("final val err (%) mean ± std", stat_cell("final_val_err")),
              Column("best run: final val err (%)", _best_run_cell), Column("paper test err (%)", _paper_t6_cell),
-             Column("seeds", lambda _c, _l, e: len(e["seeds"]))],
-    what=_table6_what, figure=_table6_figure, table_heading="Table 6",
+             Column("seeds", lambda _c, _l, e: len(e["seeds"])),
+             Column("precision", lambda _c, _l, e: ", ".join(e["precision"])),
+             Column("wall time per run (h)", lambda _c, _l, e: f"{statistics.fmean(e['wall_seconds']) / 3600:.2f}")],
+    what=_table6_what, figure=_table6_figure, table_heading="Table 6", partial_ok=True,
     extra=lambda ctx, _s, _r: {"paper_test_err_pct": {str(k): v for k, v in PAPER_TABLE6_ERR.items()},
                                "depths": _table6_depths(ctx)},
     headline=lambda s: [f"{display_name(k)}: {fmt_pct(e['final_val_err']['mean'])}% "
@@ -629,48 +775,6 @@ RESPONSE_MODELS = (("plain20", "plain"), ("plain56", "plain"), ("resnet20", "res
 RESPONSE_STYLE = {"plain20": (PLAIN_COLOR[20], "--"), "plain56": (PLAIN_COLOR[56], "--"),
                   "resnet20": (RESNET_COLOR[32], "-"), "resnet56": (RESNET_COLOR[56], "-"),
                   "resnet110": ("#000000", "-")}
-
-
-def _reusable(from_dir: Path, spec: RunSpec, cfg: TrainConfig) -> Path | None:
-    """A finished run folder for ``spec`` under ``from_dir`` (a runs folder or an experiment's output folder).
-
-    Reused only when its whole identity matches ``cfg`` for this spec (:func:`first_difference`); a
-    folder that differs is refused in one line naming the first differing field.
-    """
-    candidates = [from_dir / spec.name, from_dir / "runs" / spec.name]
-    cfg_file = from_dir / "config.json"
-    if cfg_file.is_file():
-        runs_dir = json.loads(cfg_file.read_text()).get("runs_dir")
-        if runs_dir:
-            candidates.append(Path(runs_dir) / spec.name)
-    want = cfg.replace(model=spec.model, model_args=dict(spec.model_args), seed=spec.seed)
-    for c in candidates:
-        if (c / "summary.json").is_file() and (c / "last.pt").is_file():
-            diff = first_difference(json.loads((c / "config.json").read_text()), want)
-            if diff:
-                raise UserError(f"--from: {c} is not the run this experiment needs ({diff})")
-            return c
-    return None
-
-
-def _reuse_or_train(ctx: Context, specs: list[RunSpec]) -> list[RunRecord]:
-    """The finished runs of ``--from`` where their identity matches; the rest trained here."""
-    records = []
-    for spec in specs:
-        found = _reusable(ctx.from_dir, spec, ctx.cfg) if ctx.from_dir else None
-        if found is not None:
-            ctx.log(f"[{spec.name}] reusing the finished run in {found}")
-            records.append(read_run(spec, found))
-        else:
-            records.append(ensure_run(spec, ctx.cfg, ctx.runs_dir, ctx.log))
-    return records
-
-
-def _reused(ctx: Context, records: Sequence[RunRecord]) -> dict[str, str]:
-    """Run name -> folder, for the runs that came from ``--from`` rather than this experiment's runs folder."""
-    if ctx.from_dir is None:
-        return {}
-    return {r.spec.name: str(r.out_dir) for r in records if r.out_dir.parent.resolve() != ctx.runs_dir.resolve()}
 
 
 def _measure_run(ctx: Context, rec: RunRecord, data_cache: dict[tuple, Any]) -> dict[str, list]:
@@ -784,9 +888,8 @@ def _response_notes(ctx: Context, responses: dict[str, Any], checks: dict[str, b
 
 
 def _responses_what(ctx: Context, _records: list[RunRecord]) -> str:
-    from_note = (f"Plain-20/56 and ResNet-20/56 are the runs of `{ctx.from_dir}` where finished ones were found "
-                 "there (column \"run\"); the rest were trained here on the same budget."
-                 if ctx.from_dir else "Every network was trained here.")
+    from_note = (f"Networks whose finished runs were found in {_from_text(ctx)} are those runs (column \"run\"); "
+                 "the rest were trained here on the same budget." if ctx.from_dirs else "Every network was trained here.")
     return ("For each trained network (last checkpoint), in eval mode on the held-out validation images: the "
             "standard deviation of the output of every 3x3 layer after its BN and before the ReLU or the "
             "addition (He et al. 2015 Sec. 4.2, Fig. 7): the stem's BN and both BNs of every basic unit, "
@@ -806,11 +909,9 @@ LAYER_RESPONSES = Experiment(
        Column("run", lambda _c, _l, r: r["run"])],
     what=_responses_what, figure=_responses_figure, checks=RESPONSE_CHECKS, notes=_response_notes,
     claims_heading="What the paper's Fig. 7 shows, and whether this run shows it", summary_key="responses",
-    obtain=_reuse_or_train, collect=measure_all_responses,
+    obtain=lambda ctx, specs: _reuse_or_train(ctx, specs, need_checkpoint=True), collect=measure_all_responses,
     extra=lambda ctx, s, records: {"runs": run_summary(records), "reused_runs": _reused(ctx, records),
                                    "measure_seconds": round(sum(r["measure_seconds"] for r in s.values()), 1)},
-    config=lambda ctx, records: {"from": str(ctx.from_dir) if ctx.from_dir else None,
-                                 "reused_runs": _reused(ctx, records)},
     headline=lambda s: ["mean response std: " + ", ".join(f"{k} {_m(s, k):.3f}" for k in s)],
 )
 
@@ -912,9 +1013,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (DEGRADATION, TABLE6, L
 
 def reproduce_command(name: str, out: str | Path, budget: str, seeds: int, *, data: str | None = None,
                       runs_dir: str | Path | None = None, val_split: int | None = None, device: str = "auto",
-                      iters: int | None = None, from_dir: str | Path | None = None, with_1202: bool = False,
-                      images: int = 0, threads: int | None = None, amp: str = "none", compile: bool = False,
-                      parallel: int = 1, cuda_graphs: bool = False) -> str:
+                      iters: int | None = None, from_dirs: Sequence[str | Path] = (), finished_only: bool = False,
+                      with_1202: bool = False, images: int = 0, threads: int | None = None, amp: str = "none",
+                      compile: bool = False, parallel: int = 1, cuda_graphs: bool = False) -> str:
     """The exact ``resnetlab reproduce`` command line that produces (or resumes) an experiment."""
     parts = ["resnetlab", "reproduce", name, "--budget", budget, "--seeds", str(seeds)]
     if parallel > 1:
@@ -931,8 +1032,10 @@ def reproduce_command(name: str, out: str | Path, budget: str, seeds: int, *, da
         parts += ["--val-split", str(val_split)]
     if iters:
         parts += ["--iters", str(iters)]
-    if from_dir:
+    for from_dir in from_dirs:
         parts += ["--from", str(from_dir)]
+    if finished_only:
+        parts += ["--finished-only"]
     if with_1202:
         parts += ["--with-1202"]
     if images:
@@ -971,11 +1074,26 @@ def previous_invocations(out: Path, name: str, identity: dict[str, Any]) -> list
     return []
 
 
+def _precision_text(amp: str, compile: bool, cuda_graphs: bool, hardware: str, trained_here: int,
+                    reused: bool) -> str:
+    """The report's precision and hardware line: this command's settings, and that reused runs keep their own."""
+    own = (f"Precision: {'fp32, as the paper trained' if amp == 'none' else amp + ' autocast (the paper: fp32)'}"
+           f"; torch.compile {'on' if compile else 'off'}{'; CUDA graphs (fused SGD)' if cuda_graphs else ''}"
+           f"; hardware: {hardware}.")
+    if not reused:
+        return own
+    kept = ("keep the precision they trained with (the table's precision column where it has one; every "
+            "network's `precision` in `results.json`) and their own hardware (their logs)")
+    if not trained_here:
+        return f"Every run was read from `--from`, none trained by this command: they {kept}."
+    return f"Runs trained by this command: {own} Runs reused from `--from` {kept}."
+
+
 def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: int = 1, data: str | None = None,
                    runs_dir: str | Path | None = None, val_split: int | None = None, device: str = "auto",
-                   iters: int | None = None, from_dir: str | Path | None = None, with_1202: bool = False,
-                   images: int = 0, threads: int | None = None, amp: str = "none", compile: bool = False,
-                   parallel: int = 1, cuda_graphs: bool = False, command: str | None = None,
+                   iters: int | None = None, from_dirs: Sequence[str | Path] = (), finished_only: bool = False,
+                   with_1202: bool = False, images: int = 0, threads: int | None = None, amp: str = "none",
+                   compile: bool = False, parallel: int = 1, cuda_graphs: bool = False, command: str | None = None,
                    log: Callable[[str], None] | None = None) -> Outcome:
     """Train (or resume, or reuse) an experiment's runs, then write its figures and report into ``out``.
 
@@ -994,10 +1112,9 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
         raise UserError(f"unknown budget {budget!r}; choose from {', '.join(BUDGETS)}")
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
-    if from_dir and name != "layer-responses":
-        raise UserError("--from only applies to layer-responses (it reuses degradation's runs)")
-    if from_dir and not Path(from_dir).is_dir():
-        raise UserError(f"--from {from_dir}: no such folder")
+    for from_dir in from_dirs:
+        if not Path(from_dir).is_dir():
+            raise UserError(f"--from {from_dir}: no such folder")
     require_matplotlib()  # before hours of training, not after
     log = log or (lambda msg: print(msg, flush=True))
     out = Path(out)
@@ -1014,8 +1131,9 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
     if parallel < 1:
         raise UserError(f"--parallel must be at least 1, got {parallel}")
     per_run_threads = threads or b.threads or max(1, (os.cpu_count() or 1) // parallel)
-    ctx = Context(name, out, runs, b, cfg, seeds, log, Path(from_dir) if from_dir else None, with_1202, images,
-                  parallel, per_run_threads if parallel > 1 else None)
+    ctx = Context(name, out, runs, b, cfg, seeds, log, from_dirs=tuple(Path(d) for d in from_dirs),
+                  finished_only=finished_only, with_1202=with_1202, images=images, parallel=parallel,
+                  threads=per_run_threads if parallel > 1 else None)
     out.mkdir(parents=True, exist_ok=True)
     threads_before = torch.get_num_threads()
     if threads or b.threads:
@@ -1032,6 +1150,7 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
     inside = runs.resolve().is_relative_to(out.resolve())
     copied = [] if inside else copy_metrics(outcome.records, out / RUN_LOGS)
     trained = [r.spec.name for r in outcome.records if r.trained_now]
+    reused = _reused(ctx, outcome.records)
     run_walls = {r.spec.name: round(r.wall_time, 1) for r in outcome.records}
     config = {
         "experiment": name, "budget": b.name, "budget_description": b.description, "seeds": seeds,
@@ -1042,12 +1161,12 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
                                                  "model_args": r.spec.model_args, "seed": r.spec.seed,
                                                  "dir": str(r.out_dir)} for r in outcome.records],
         "torch": torch.__version__, "resnetlab": __version__, "threads": threads_used,
+        "from": [str(d) for d in ctx.from_dirs], "finished_only": finished_only, "reused_runs": reused,
         **outcome.config,
     }
     # Every invocation that wrote this report (a resumed experiment has several), oldest first.
     identity = {k: config[k] for k in REPORT_IDENTITY}
     invocations = previous_invocations(out, name, identity) + [{"wall_seconds": round(wall, 1), "trained": trained}]
-    reused = outcome.config.get("reused_runs") or {}
     own = {k: v for k, v in run_walls.items() if k not in reused}
     outcome.results.update({
         "invocation_wall_seconds": round(wall, 1),
@@ -1057,7 +1176,7 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
         "invocations": invocations,
     })
     total = sum(own.values())
-    reuse_note = (f" ({len(reused)} more reused from `{from_dir}`, their "
+    reuse_note = (f" ({len(reused)} more reused from {_from_text(ctx)}, their "
                   f"{sum(run_walls[k] for k in reused):,.0f} s of training counted there)" if reused else "")
     timing = (f"Training: {total:,.0f} s ({total / 60:.1f} min) summed over the {len(own)} runs' own wall "
               f"times{reuse_note} (a resumed run counts all its sessions); this invocation took {wall:,.0f} s "
@@ -1071,12 +1190,11 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
               + (f"; each run's `metrics.jsonl` and `config.json` are copied under `{RUN_LOGS}/` here." if copied
                  else "."))
     command = command or reproduce_command(name, out, budget, seeds, data=data, runs_dir=runs_dir,
-                                           val_split=val_split, device=device, iters=iters, from_dir=from_dir,
+                                           val_split=val_split, device=device, iters=iters, from_dirs=from_dirs,
+                                           finished_only=finished_only,
                                            with_1202=with_1202, images=images, threads=threads, amp=amp,
                                            compile=compile, parallel=parallel, cuda_graphs=cuda_graphs)
-    precision = (f"Precision: {'fp32, as the paper trained' if amp == 'none' else amp + ' autocast (the paper: fp32)'}"
-                 f"; torch.compile {'on' if compile else 'off'}"
-                 f"{'; CUDA graphs (fused SGD)' if cuda_graphs else ''}; hardware: {hardware}.")
+    precision = _precision_text(amp, compile, cuda_graphs, hardware, len(own), bool(reused))
     sections = outcome.sections[:1] + [("Precision and hardware", precision)] + outcome.sections[1:]
     sections = sections + [("Run", timing + "\n\nRunning the same command again resumes: finished runs "
                                            "are read back, an interrupted one continues from its `last.pt`.")]

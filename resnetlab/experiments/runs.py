@@ -35,6 +35,10 @@ IDENTITY_FIELDS = ("model", "model_args", "data", "val_split", "subset", "split_
                    "nesterov", "weight_decay", "decay_norm_and_bias", "label_smoothing", "augment", "pad",
                    "policy", "cutout", "mix", "mix_alpha", "ema_decay",
                    "normalize", "tta_flip", "amp", "compile", "cuda_graphs", "seed")
+# Of those, the ones that say how a run was computed rather than what: a finished run brought in with
+# ``reproduce --from`` may differ in them (a bf16 run in an fp32 report), and the report's table states,
+# per network, the precision it used.
+RUNTIME_FIELDS = ("amp", "compile", "cuda_graphs")
 
 
 class ExperimentInterrupted(UserError):
@@ -84,16 +88,16 @@ def run_state(run_dir: Path) -> str:
     return "new"
 
 
-def first_difference(saved: dict[str, Any], cfg: TrainConfig) -> str | None:
+def first_difference(saved: dict[str, Any], cfg: TrainConfig, ignore: Sequence[str] = ()) -> str | None:
     """The first identity field in which a run folder's config.json differs from ``cfg``, in words; None: same run.
 
     A field the folder's config lacks (written by an older version) counts as the default it had then:
-    ``TrainConfig``'s own default.
+    ``TrainConfig``'s own default. Fields in ``ignore`` are not compared.
     """
     want = cfg.to_dict()
     defaults = TrainConfig().to_dict()
     saved = {**saved, "split_seed": saved_split_seed(saved)}
-    for key in IDENTITY_FIELDS:
+    for key in (k for k in IDENTITY_FIELDS if k not in ignore):
         a, b = saved.get(key, defaults.get(key)), want.get(key)
         if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
             a, b = list(a or []), list(b or [])
