@@ -112,15 +112,15 @@ def test_infer_modes_agree_with_eager() -> None:
                                     "default"], CPU)
     result = run_bench("infer", "resnet20", modes, batch_size=4, **QUICK)
     by_name = {r.mode.name: r for r in result.results}
-    assert by_name["eager-fp32"].ratio == 1.0 and by_name["eager-fp32"].error == 0.0
+    assert by_name["eager-fp32"].measured.ratio == 1.0 and by_name["eager-fp32"].measured.error == 0.0
     for r in result.results:
-        if r.skipped:  # only onnxruntime may be missing, and the project's extras install it
-            assert r.mode.name == "onnxruntime" and "onnxruntime" in r.skipped
+        if r.measured.skipped:  # only onnxruntime may be missing, and the project's extras install it
+            assert r.mode.name == "onnxruntime" and "onnxruntime" in r.measured.skipped
             continue
-        assert r.agrees, (r.mode.name, r.error)
-        assert r.img_s > 0 and r.gflops > 0 and r.peak_pct > 0
-        assert r.data_pct is None  # inference times the model only
-    assert by_name["fused"].error < TOLERANCE["none"][0]
+        assert r.measured.agrees, (r.mode.name, r.measured.error)
+        assert r.measured.img_s > 0 and r.measured.gflops > 0 and r.measured.peak_pct > 0
+        assert r.measured.data_pct is None  # inference times the model only
+    assert by_name["fused"].measured.error < TOLERANCE["none"][0]
     assert result.agree and result.best in by_name
     text = bench_runner.format_result(result)
     assert "agreement: every mode" in text and "fused" in text
@@ -131,8 +131,8 @@ def test_train_modes_agree_and_time_the_data_path() -> None:
     result = run_bench("train", "resnet20", modes, batch_size=8, **QUICK)
     assert result.agree
     for r in result.results:
-        assert r.agrees and r.img_s > 0 and 0 <= r.data_pct < 100
-        assert r.grad_cosine is not None and r.grad_cosine >= r.grad_min_cosine
+        assert r.measured.agrees and r.measured.img_s > 0 and 0 <= r.measured.data_pct < 100
+        assert r.measured.grad_cosine is not None and r.measured.grad_cosine >= r.measured.grad_min_cosine
     payload = result.to_dict()
     json.dumps(payload)  # JSON-able
     assert payload["modes"]["eager-fp32"]["ratio"] == 1.0
@@ -172,9 +172,9 @@ def test_a_wrong_gradient_sign_fails_where_the_gradient_is_checkable(monkeypatch
     modes = resolve_modes("train", ["bf16"], CPU)
     quick = {**QUICK, "input_size": (3, 32, 32)}
     bf16 = run_bench("train", "resnet20", modes, batch_size=4, **quick).results[1]
-    assert bf16.agrees and (bf16.tolerance, bf16.grad_min_cosine) == TOLERANCE["bf16"]
+    assert bf16.measured.agrees and (bf16.measured.tolerance, bf16.measured.grad_min_cosine) == TOLERANCE["bf16"]
     _flip_gradients_of("bf16", monkeypatch)
-    assert not run_bench("train", "resnet20", modes, batch_size=4, **quick).results[1].agrees
+    assert not run_bench("train", "resnet20", modes, batch_size=4, **quick).results[1].measured.agrees
 
 
 def test_an_ill_conditioned_check_leaves_the_gradient_unchecked_not_passed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,10 +189,10 @@ def test_an_ill_conditioned_check_leaves_the_gradient_unchecked_not_passed(monke
     quick = {**QUICK, "input_size": (3, 32, 32)}
     result = run_bench("train", "resnet50", modes, batch_size=4, **quick)
     bf16, cl = result.results[1], result.results[2]
-    assert result.sensitivity["bf16"]["grad_cosine"] < 0.9 and bf16.grad_min_cosine is None
-    assert bf16.tolerance == bench_runner.calibrated_limits("bf16", result.sensitivity["bf16"])[0]
+    assert result.sensitivity["bf16"]["grad_cosine"] < 0.9 and bf16.measured.grad_min_cosine is None
+    assert bf16.measured.tolerance == bench_runner.calibrated_limits("bf16", result.sensitivity["bf16"])[0]
     assert "gradients are unchecked" in format_result(result)
-    assert cl.grad_min_cosine is not None and cl.grad_cosine < -0.99 and not cl.agrees
+    assert cl.measured.grad_min_cosine is not None and cl.measured.grad_cosine < -0.99 and not cl.measured.agrees
 
 
 def test_calibrated_limits_widen_then_give_up_on_the_gradient() -> None:
@@ -263,14 +263,14 @@ def test_compiled_training_agrees() -> None:
     # (compiling emulated bf16 kernels on an AVX2 CPU takes minutes and proves nothing more).
     mode = "channels-last+bf16+compile" if hardware.native_bf16(CPU) else "channels-last+compile"
     result = run_bench("train", "resnet20", resolve_modes("train", [mode], CPU), batch_size=8, **QUICK)
-    assert [r.skipped for r in result.results] == [None, None] and result.agree
+    assert [r.measured.skipped for r in result.results] == [None, None] and result.agree
 
 
 @pytest.mark.slow
 def test_compiled_frozen_inference_agrees() -> None:
     mode = "fused+channels-last+bf16+compile" if hardware.native_bf16(CPU) else "channels-last+compile"
     result = run_bench("infer", "resnet20", resolve_modes("infer", [mode], CPU), batch_size=4, **QUICK)
-    assert [r.skipped for r in result.results] == [None, None] and result.agree
+    assert [r.measured.skipped for r in result.results] == [None, None] and result.agree
 
 
 def test_augment_names_resolve_with_crop_flip_first() -> None:

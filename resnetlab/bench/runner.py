@@ -327,15 +327,10 @@ class Measurement:
 
 @dataclass
 class ModeResult:
-    """A mode (its name and flags) and its measurement; measurement fields read through (``r.img_s``)."""
+    """A mode (its name and flags) and its measurement (``r.measured.img_s``)."""
 
     mode: Mode
     measured: Measurement
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "measured":  # not set yet (copy, unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.measured, name)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able record."""
@@ -382,9 +377,9 @@ class BenchResult:
         """The step augmentation shares are of: ``default``'s (what ``resnetlab train`` runs), else the
         reference's; (mode name, ms per step), None when neither was measured."""
         for name in (DEFAULT, REFERENCE):
-            r = next((r for r in self.results if r.mode.name == name and r.img_s), None)
+            r = next((r for r in self.results if r.mode.name == name and r.measured.img_s), None)
             if r is not None:
-                return name, 1e3 * self.batch_size / r.img_s
+                return name, 1e3 * self.batch_size / r.measured.img_s
         return None
 
     @property
@@ -395,13 +390,13 @@ class BenchResult:
     @property
     def best(self) -> str | None:
         """The fastest mode whose outputs agree with the reference, by the (paired, load-robust) ratio."""
-        ok = [r for r in self.results if r.ratio is not None and r.agrees]
-        return max(ok, key=lambda r: r.ratio).mode.name if ok else None
+        ok = [r for r in self.results if r.measured.ratio is not None and r.measured.agrees]
+        return max(ok, key=lambda r: r.measured.ratio).mode.name if ok else None
 
     @property
     def agree(self) -> bool:
         """Whether every mode that ran matches eager-fp32 within its tolerance."""
-        return all(r.agrees for r in self.results if r.skipped is None)
+        return all(r.measured.agrees for r in self.results if r.measured.skipped is None)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` object."""
@@ -655,7 +650,7 @@ def run_bench(
     peak = {k: max(v, peak[k]) for k, v in _peaks(device, precisions, peak_size).items()}
     result = BenchResult(task, model_name, device_name(device), batch_size, size, macs, peak, results,
                          torch.get_num_threads(), load_before, _loadavg(), ref.sensitivity, costs)
-    ref_repeats = list(results[0].repeats_img_s)
+    ref_repeats = list(results[0].measured.repeats_img_s)
     for m in live:
         _summarise(m, task, ref_repeats, result.flops_per_image, peak[m.precision])
     return result
@@ -726,25 +721,25 @@ def format_result(result: BenchResult) -> str:
     header += f"  {'error (limit)':<{ERR_WIDTH}}agrees"
     lines += ["", header, "-" * len(header)]
     for r in result.results:
-        if r.skipped:
-            lines.append(f"{r.mode.name:<34}skipped: {r.skipped}")
+        if r.measured.skipped:
+            lines.append(f"{r.mode.name:<34}skipped: {r.measured.skipped}")
             continue
-        err = f"{r.error:.1e} ({r.tolerance:.0e})"
-        if r.grad_cosine is not None:
-            limit = "unchecked" if r.grad_min_cosine is None else f">={r.grad_min_cosine:.4g}"
-            err += f", grad cos {r.grad_cosine:.4f} ({limit})"
-        line = f"{r.mode.name:<34}{r.img_s:>9.1f}{r.ratio:>7.2f}x{r.gflops:>9.1f}{r.peak_pct:>6.1f}%"
+        err = f"{r.measured.error:.1e} ({r.measured.tolerance:.0e})"
+        if r.measured.grad_cosine is not None:
+            limit = "unchecked" if r.measured.grad_min_cosine is None else f">={r.measured.grad_min_cosine:.4g}"
+            err += f", grad cos {r.measured.grad_cosine:.4f} ({limit})"
+        line = f"{r.mode.name:<34}{r.measured.img_s:>9.1f}{r.measured.ratio:>7.2f}x{r.measured.gflops:>9.1f}{r.measured.peak_pct:>6.1f}%"
         if data_col:
-            line += f"{r.data_pct:>6.1f}%"
-        line += f"  {err:<{ERR_WIDTH}}{'yes' if r.agrees else 'NO'}"
+            line += f"{r.measured.data_pct:>6.1f}%"
+        line += f"  {err:<{ERR_WIDTH}}{'yes' if r.measured.agrees else 'NO'}"
         lines.append(line)
     profiled = set()  # flags already listed: ``default`` shares its profile with the mode it equals
     for r in result.results:
-        if r.profile and r.mode.flags not in profiled:
+        if r.measured.profile and r.mode.flags not in profiled:
             profiled.add(r.mode.flags)
             lines += ["", f"profile of {r.mode.name} (torch.profiler, self time per step; % of all operators):"]
             lines += [f"  {row['op'][:60]:<60}{row['ms_per_step']:>9.2f} ms{row['pct']:>7.1f}%"
-                      f"{row['calls_per_step']:>8g} calls" for row in r.profile]
+                      f"{row['calls_per_step']:>8g} calls" for row in r.measured.profile]
     if result.augment:
         step = result.augment_step
         lines += format_costs(result.augment, step and step[1], step and step[0])
@@ -754,7 +749,7 @@ def format_result(result: BenchResult) -> str:
         lines.append(f"default = {default.mode.summary()}")
     best = result.best
     if best:
-        ratio = next(r.ratio for r in result.results if r.mode.name == best)
+        ratio = next(r.measured.ratio for r in result.results if r.mode.name == best)
         lines.append(f"best: {best} ({ratio:.2f}x eager-fp32)")
     what = "logits and parameter gradients" if result.task == "train" else "logits"
     rule = "logits: max|out-ref|/max(1,max|ref|) <= limit" + ("; gradients: cosine >= limit"
@@ -771,6 +766,6 @@ def format_result(result: BenchResult) -> str:
     if result.agree:
         lines.append(f"agreement: every mode's {what} match eager-fp32 within tolerance ({rule})")
     else:
-        bad = ", ".join(r.mode.name for r in result.results if r.skipped is None and not r.agrees)
+        bad = ", ".join(r.mode.name for r in result.results if r.measured.skipped is None and not r.measured.agrees)
         lines.append(f"agreement: FAILED for {bad}")
     return "\n".join(lines)
