@@ -1017,36 +1017,21 @@ def reproduce_command(name: str, out: str | Path, budget: str, seeds: int, *, da
                       with_1202: bool = False, images: int = 0, threads: int | None = None, amp: str = "none",
                       compile: bool = False, parallel: int = 1, cuda_graphs: bool = False) -> str:
     """The exact ``resnetlab reproduce`` command line that produces (or resumes) an experiment."""
-    parts = ["resnetlab", "reproduce", name, "--budget", budget, "--seeds", str(seeds)]
-    if parallel > 1:
-        parts += ["--parallel", str(parallel)]
-    if amp != "none":
-        parts += ["--amp", amp]
-    if compile:
-        parts += ["--compile"]
-    if cuda_graphs:
-        parts += ["--cuda-graphs"]
-    if data:
-        parts += ["--data", str(data)]
-    if val_split is not None:
-        parts += ["--val-split", str(val_split)]
-    if iters:
-        parts += ["--iters", str(iters)]
-    for from_dir in from_dirs:
-        parts += ["--from", str(from_dir)]
-    if finished_only:
-        parts += ["--finished-only"]
-    if with_1202:
-        parts += ["--with-1202"]
-    if images:
-        parts += ["--images", str(images)]
-    if device != "auto":
-        parts += ["--device", device]
-    if threads:
-        parts += ["--threads", str(threads)]
-    parts += ["--out", str(out)]
-    if runs_dir:
-        parts += ["--runs", str(runs_dir)]
+    # (flag, value) in the order the command reads; None or False leaves a flag out, True is a bare switch.
+    flags: list[tuple[str, Any]] = [
+        ("--budget", budget), ("--seeds", seeds), ("--parallel", parallel if parallel > 1 else None),
+        ("--amp", amp if amp != "none" else None), ("--compile", compile), ("--cuda-graphs", cuda_graphs),
+        ("--data", data), ("--val-split", val_split), ("--iters", iters or None),
+        *(("--from", d) for d in from_dirs), ("--finished-only", finished_only), ("--with-1202", with_1202),
+        ("--images", images or None), ("--device", device if device != "auto" else None),
+        ("--threads", threads or None), ("--out", out), ("--runs", runs_dir or None),
+    ]
+    parts = ["resnetlab", "reproduce", name]
+    for flag, value in flags:
+        if value is True:
+            parts.append(flag)
+        elif value is not None and value is not False:
+            parts += [flag, str(value)]
     return shlex.join(parts)
 
 
