@@ -83,6 +83,7 @@ def test_publish_records_how_the_weights_were_made(shipped_here: Path) -> None:
     assert entry["val_top1_err"] == ckpt["metrics"]["val_top1_err"]
     assert entry["train_images"] == 320 and entry["dtype"] in ("float16", "float32")
     assert entry["sha256"] == pretrained.file_sha256(shipped_here / "weights" / entry["file"])
+    assert [(s["from_iteration"], s["device"]) for s in entry["sessions"]] == [(0, "cpu")]
 
 
 def test_pretrained_model_equals_the_checkpoint(shipped_here: Path) -> None:

@@ -588,3 +588,34 @@ def test_weight_ema_averages_weights_and_bn_buffers() -> None:
         assert torch.allclose(after[k], expect), k
     with pytest.raises(ValueError):
         WeightEma(model, 1.0)
+
+
+def test_a_run_resumed_on_another_cpu_logs_each_sessions_precision(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default precision is per device (bf16 only where native): a run carried from an AVX2 CPU to an
+    AVX512-BF16 one changes precision, and config.json and the checkpoint keep both sessions."""
+    from resnetlab.experiments.reproduce import run_precision
+    from resnetlab.experiments.runs import RunRecord, RunSpec
+
+    cfg = tiny(tmp_path, "carried", amp=None, channels_last=False)
+    monkeypatch.setenv("RESNETLAB_NATIVE_BF16", "0")
+    with sigint_at(5, monkeypatch):
+        assert train(cfg).status == "interrupted"
+    monkeypatch.setenv("RESNETLAB_NATIVE_BF16", "1")
+    assert train(cfg.replace(resume=cfg.out)).status == "completed"
+    config = json.loads((tmp_path / "carried" / "config.json").read_text())
+    sessions = config["resolved"]["sessions"]
+    assert [(s["from_iteration"], s["amp"]) for s in sessions] == [(0, "none"), (6, "bf16")]
+    assert sessions[1]["hardware"].startswith("cpu (") and sessions[1]["hardware"].endswith("native bf16)")
+    assert torch.load(tmp_path / "carried" / "last.pt", weights_only=True)["config"]["resolved"]["sessions"] == sessions
+    record = RunRecord(RunSpec("carried-s0", "resnet", "carried"), tmp_path / "carried", [], {}, config, False)
+    assert run_precision(record) == "fp32, bf16 autocast from 6"
+    # A checkpoint from before the log: its first session comes from its config; one resumed at the same
+    # iteration twice (killed before a checkpoint) keeps only the later attempt.
+    old = {"config": {"compile": False, "resolved": {"device": "cpu", "amp": "none", "channels_last": True}}}
+    first = train_mod.session_log(old, 6, torch.device("cpu"), "bf16", True, False, 1)
+    assert [(s["from_iteration"], s["amp"], s["hardware"] is None) for s in first] == [(0, "none", True),
+                                                                                       (6, "bf16", False)]
+    again = train_mod.session_log({"config": {"resolved": {"sessions": first}}}, 6, torch.device("cpu"), "none",
+                                  True, False, 1)
+    assert [(s["from_iteration"], s["amp"]) for s in again] == [(0, "none"), (6, "none")]

@@ -32,7 +32,7 @@ from ..data import DataBundle, MemoryLoader, StreamLoader, open_data, with_norma
 from ..data.augment import mix_batch, soft_target_cross_entropy
 from ..data.loader import batch_generator, make_val_loader
 from ..errors import UserError
-from ..hardware import bf16_support, native_bf16
+from ..hardware import bf16_support, device_name, native_bf16
 from ..io import atomic_write_text
 from ..models import create_model
 from ..models.profile import count_layers
@@ -94,6 +94,29 @@ def fast_defaults(cfg: TrainConfig, device: torch.device) -> tuple[bool, str]:
     if device.type == "cuda":
         return channels_last, "bf16" if native_bf16(device) else "fp16"
     return channels_last, "bf16" if native_bf16(device) else "none"
+
+
+def session_log(resume_ckpt: dict[str, Any] | None, step: int, device: torch.device, amp: str,
+                channels_last: bool, compile: bool, world: int) -> list[dict[str, Any]]:
+    """Every session that trained the run so far, this one last: from which iteration, on what, how.
+
+    A run resumed on another machine keeps its recipe but may change precision, since the default is
+    per device (bf16 only where it is native, :func:`fast_defaults`); the log keeps what each part of
+    the run used. Sessions that ended before their first checkpoint (from ``step`` on) trained nothing
+    that survived and are dropped. A checkpoint from before the log gets one first session from its
+    config (its hardware unrecorded).
+    """
+    before: list[dict[str, Any]] = []
+    if resume_ckpt is not None:
+        resolved = resume_ckpt.get("config", {}).get("resolved", {})
+        before = resolved.get("sessions") or [{
+            "from_iteration": 0, "device": resolved.get("device"), "hardware": None, "amp": resolved.get("amp"),
+            "channels_last": resolved.get("channels_last"), "compile": resume_ckpt["config"].get("compile"),
+            "world_size": resolved.get("world_size")}]
+    now = {"from_iteration": step, "device": str(device), "hardware": device_name(device), "amp": amp,
+           "channels_last": channels_last, "compile": compile, "world_size": world,
+           "started": datetime.now().astimezone().isoformat(timespec="seconds")}
+    return [s for s in before if s["from_iteration"] < step] + [now]
 
 
 def precision_note(cfg: TrainConfig, device: torch.device, amp: str) -> str:
@@ -424,6 +447,7 @@ def build_run(resolved: ResolvedRun, argv: list[str], log: Callable[[str], None]
             "model_args": model_args, "depth": count_layers(unwrap(model)),
             "classes": data.classes, "mean": list(data.mean), "std": list(data.std),
             "data_source": data.source, "val_name": data.val_name,
+            "sessions": session_log(resume_ckpt, step, device, amp, channels_last, cfg.compile, info.world),
         },
         "command": argv,
     }

@@ -198,10 +198,22 @@ def group_by_label(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
     return out
 
 
+def _precision_word(amp: str | None) -> str:
+    return "fp32" if (amp or "none") == "none" else f"{amp} autocast"
+
+
 def run_precision(rec: RunRecord) -> str:
-    """The precision a run trained in, as its engine resolved it: ``fp32``, ``bf16`` or ``fp16`` autocast."""
-    amp = rec.config.get("resolved", {}).get("amp", rec.config.get("amp")) or "none"
-    return "fp32" if amp == "none" else f"{amp} autocast"
+    """The precision a run trained in, as its engine resolved it: ``fp32``, ``bf16 autocast``, ...; a run resumed
+    in another precision (on another machine) says where it changed: ``fp32, bf16 autocast from 12,285``."""
+    resolved = rec.config.get("resolved", {})
+    sessions = resolved.get("sessions") or [{"from_iteration": 0, "amp": resolved.get("amp", rec.config.get("amp"))}]
+    parts, last = [], None
+    for session in sessions:
+        word = _precision_word(session.get("amp"))
+        if word != last:
+            parts.append(word if last is None else f"{word} from {session['from_iteration']:,}")
+        last = word
+    return ", ".join(parts)
 
 
 def final_err(rec: RunRecord, key: str = "val_top1_err") -> float:

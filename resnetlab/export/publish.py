@@ -88,6 +88,8 @@ def publish(checkpoint: str, name: str, *, commit: str, hardware: str, dest: Pat
         "val_images": cfg.get("val_split"), "checkpoint": Path(checkpoint).name,
         "config": {k: v for k, v in cfg.items() if k != "resolved"},
     }
+    if resolved.get("sessions"):  # a run carried over several machines: each session's hardware and precision
+        entry["sessions"] = resolved["sessions"]
     entry["train_images"] = _train_images(resolved)
     # Pinned: the float32 logits of the first sample images, recomputed by the tests to catch a silent
     # change of architecture or normalisation.
