@@ -465,12 +465,13 @@ def in_progress(ctx: Context, spec: RunSpec) -> tuple[Path, dict[str, Any], int]
     return None
 
 
-def _missing_text(ctx: Context, missing: Sequence[str]) -> str:
-    """The report's words on the configurations a ``--finished-only`` report leaves out, and how far each is."""
-    specs = {s.label: s for s in ctx.specs(EXPERIMENTS[ctx.name].runs(ctx))}
+def _missing_text(ctx: Context, specs: Sequence[RunSpec], missing: Sequence[str]) -> str:
+    """The report's words on the configurations a ``--finished-only`` report leaves out, and how far each is
+    (its first seed's run)."""
+    first_seed = {s.label: s for s in reversed(specs)}
     lines = []
     for label in missing:
-        found = in_progress(ctx, specs[label])
+        found = in_progress(ctx, first_seed[label])
         if found is None:
             lines.append(f"- {display_name(label)}: no run yet.")
             continue
@@ -487,7 +488,8 @@ def _missing_text(ctx: Context, missing: Sequence[str]) -> str:
 def render(exp: Experiment, ctx: Context) -> Outcome:
     """Obtain the runs, then the report every experiment shares: what is run, the table, the checks, the budget."""
     runs = exp.runs(ctx)
-    records = exp.obtain(ctx, ctx.specs(runs))
+    specs = ctx.specs(runs)
+    records = exp.obtain(ctx, specs)
     missing = _not_finished(ctx, exp, runs, records)
     runs = [r for r in runs if r[0] not in missing]
     summary = exp.collect(ctx, records)
@@ -497,7 +499,7 @@ def render(exp: Experiment, ctx: Context) -> Outcome:
                            [[c.cell(ctx, label, summary[label]) for c in exp.columns] for label, *_ in runs])
     sections = [("What is run", exp.what(ctx, records)), (exp.table_heading, table)]
     if missing:
-        sections.append(("Not trained yet", _missing_text(ctx, missing)))
+        sections.append(("Not trained yet", _missing_text(ctx, specs, missing)))
     if exp.checks or exp.notes:
         reading = "\n".join(f"- {c.claim(summary)}: {verdict(checks[n])}." for n, c in exp.checks.items())
         sections.append((exp.claims_heading, reading + (exp.notes(ctx, summary, checks, records) if exp.notes else "")))
