@@ -158,19 +158,24 @@ def _run_copy(src: Path, dest: Path, drop: str, **changes) -> Path:
 
 def test_table6_reads_run_folders_and_lists_what_is_not_finished(smoke: dict[str, Path], tmp_path: Path) -> None:
     runs = smoke["table6"] / "runs"
-    # ResNet-20 as committed logs (no last.pt), trained in bf16: precision may differ, the table says so.
-    r20 = _run_copy(runs / "resnet20-s0", tmp_path / "paper-r20", "last.pt", amp="bf16", **{"resolved.amp": "bf16"})
+    # ResNet-20 as committed logs (no last.pt), trained in bf16: precision may differ, the table says so. The
+    # engine logs each session's precision; this run was started in fp32 and resumed in bf16 at iteration 1.
+    sessions = json.loads((runs / "resnet20-s0" / "config.json").read_text())["resolved"]["sessions"]
+    assert [s["amp"] for s in sessions] == ["none"]
+    resumed = [sessions[0], dict(sessions[0], from_iteration=1, amp="bf16")]
+    r20 = _run_copy(runs / "resnet20-s0", tmp_path / "paper-r20", "last.pt", amp="bf16",
+                    **{"resolved.amp": "bf16", "resolved.sessions": resumed})
     r32 = _run_copy(runs / "resnet32-s0", tmp_path / "paper-r32", "summary.json")  # interrupted
     out = tmp_path / "t6"
     argv = ["reproduce", "table6", "--budget", "smoke", "--data", SAMPLE, "--from", str(r20), "--from", str(r32),
             "--finished-only", "--out", str(out)]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
-    assert list(results["runs"]) == ["resnet20"] and results["runs"]["resnet20"]["precision"] == ["bf16 autocast"]
+    assert list(results["runs"]) == ["resnet20"] and results["runs"]["resnet20"]["precision"] == ["fp32, bf16 autocast from 1"]
     assert results["not_trained"] == ["resnet32", "resnet44", "resnet56", "resnet110"]
     assert results["trained_in_this_invocation"] == [] and not (out / "runs").exists()
     report = (out / "report.md").read_text()
-    assert "| ResNet-20 | 0.27M | 0.27M |" in report and "| bf16 autocast | 0.00 |" in report
+    assert "| ResNet-20 | 0.27M | 0.27M |" in report and "| fp32, bf16 autocast from 1 | 0.00 |" in report
     assert f"- ResNet-32: in progress in `{r32}`, iteration 2 of 2;" in report and "- ResNet-44: no run yet." in report
     assert "Every run was read from `--from`, none trained by this command" in report
     config = json.loads((out / "config.json").read_text())
