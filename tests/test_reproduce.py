@@ -178,6 +178,8 @@ def test_table6_reads_run_folders_and_lists_what_is_not_finished(smoke: dict[str
     assert "| ResNet-20 | 0.27M | 0.27M |" in report and "| fp32, bf16 autocast from 1 | 0.00 |" in report
     assert f"- ResNet-32: in progress in `{r32}`, iteration 2 of 2;" in report and "- ResNet-44: no run yet." in report
     assert "Every run was read from `--from`, none trained by this command" in report
+    assert "Training: none here; the 1 run(s) were read from " in report and "trained 0 of 1;" in report
+    assert "Run folders (checkpoints" not in report  # there is no runs folder to point at
     config = json.loads((out / "config.json").read_text())
     assert config["reused_runs"] == {"resnet20-s0": str(r20)} and config["finished_only"] is True
 

@@ -1177,17 +1177,21 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
     total = sum(own.values())
     reuse_note = (f" ({len(reused)} more reused from {_from_text(ctx)}, their "
                   f"{sum(run_walls[k] for k in reused):,.0f} s of training counted there)" if reused else "")
-    timing = (f"Training: {total:,.0f} s ({total / 60:.1f} min) summed over the {len(own)} runs' own wall "
-              f"times{reuse_note} (a resumed run counts all its sessions); this invocation took {wall:,.0f} s "
-              f"({wall / 60:.1f} min) and trained {len(trained)} of them"
+    summed = (f"Training: {total:,.0f} s ({total / 60:.1f} min) summed over the {len(own)} runs' own wall "
+              f"times{reuse_note} (a resumed run counts all its sessions)" if own else
+              f"Training: none here; the {len(reused)} run(s) were read from {_from_text(ctx)}, their "
+              f"{sum(run_walls[k] for k in reused):,.0f} s of training counted there")
+    timing = (f"{summed}; this invocation took {wall:,.0f} s ({wall / 60:.1f} min) and trained {len(trained)} "
+              f"of {len(outcome.records)}"
               + (f" (all {len(invocations)} invocations: " + ", ".join(
                   f"{i['wall_seconds']:,.0f} s training {len(i['trained'])}" for i in invocations) + ")"
                  if len(invocations) > 1 else "")
               + (f"; {parallel} runs at once, {per_run_threads} CPU thread(s) each, " if parallel > 1 else
                  f"; {threads_used} CPU thread(s), ")
-              + f"torch {torch.__version__}. Run folders (checkpoints, full logs): `{runs}`"
-              + (f"; each run's `metrics.jsonl` and `config.json` are copied under `{RUN_LOGS}/` here." if copied
-                 else "."))
+              + f"torch {torch.__version__}."
+              + (f" Run folders (checkpoints, full logs): `{runs}`" + (
+                  f"; each run's `metrics.jsonl` and `config.json` are copied under `{RUN_LOGS}/` here." if copied
+                  else ".") if own or runs.exists() else ""))
     command = command or reproduce_command(name, out, budget, seeds, data=data, runs_dir=runs_dir,
                                            val_split=val_split, device=device, iters=iters, from_dirs=from_dirs,
                                            finished_only=finished_only,
