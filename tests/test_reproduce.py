@@ -162,7 +162,7 @@ def test_table6_reads_run_folders_and_lists_what_is_not_finished(smoke: dict[str
     # engine logs each session's precision; this run was started in fp32 and resumed in bf16 at iteration 1.
     sessions = json.loads((runs / "resnet20-s0" / "config.json").read_text())["resolved"]["sessions"]
     assert [s["amp"] for s in sessions] == ["none"]
-    resumed = [sessions[0], dict(sessions[0], from_iteration=1, amp="bf16")]
+    resumed = [sessions[0], dict(sessions[0], from_iteration=1, amp="bf16", hardware="cpu (another, native bf16)")]
     r20 = _run_copy(runs / "resnet20-s0", tmp_path / "paper-r20", "last.pt", amp="bf16",
                     **{"resolved.amp": "bf16", "resolved.sessions": resumed})
     r32 = _run_copy(runs / "resnet32-s0", tmp_path / "paper-r32", "summary.json")  # interrupted
@@ -175,7 +175,8 @@ def test_table6_reads_run_folders_and_lists_what_is_not_finished(smoke: dict[str
     assert results["not_trained"] == ["resnet32", "resnet44", "resnet56", "resnet110"]
     assert results["trained_in_this_invocation"] == [] and not (out / "runs").exists()
     report = (out / "report.md").read_text()
-    assert "| ResNet-20 | 0.27M | 0.27M |" in report and "| fp32, bf16 autocast from 1 | 0.00 |" in report
+    cells = f"| fp32, bf16 autocast from 1 | {sessions[0]['hardware']}; cpu (another, native bf16) | 0.00 |"
+    assert "| ResNet-20 | 0.27M | 0.27M |" in report and cells in report
     assert f"- ResNet-32: in progress in `{r32}`, iteration 2 of 2;" in report and "- ResNet-44: no run yet." in report
     assert "Every run was read from `--from`, none trained by this command" in report
     assert "Training: none here; the 1 run(s) were read from " in report and "trained 0 of 1;" in report

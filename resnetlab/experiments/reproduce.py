@@ -216,6 +216,13 @@ def run_precision(rec: RunRecord) -> str:
     return ", ".join(parts)
 
 
+def run_hardware(rec: RunRecord) -> str:
+    """The hardware a run trained on, from its sessions log (each distinct machine once, oldest first);
+    ``not logged`` for a run, or the sessions of one, from before the engine kept the log."""
+    names = [s.get("hardware") or "not logged" for s in rec.config.get("resolved", {}).get("sessions") or [{}]]
+    return "; ".join(dict.fromkeys(names))
+
+
 def final_err(rec: RunRecord, key: str = "val_top1_err") -> float:
     """The error at the end of training (last evaluation), NaN when there is none."""
     value = rec.final.get(key)
@@ -247,6 +254,7 @@ def run_summary(records: Sequence[RunRecord]) -> dict[str, Any]:
         entry["best_run_val_err"] = {"value": finals[best_seed], "seed": recs[best_seed].spec.seed}
         entry["iters"] = [r.summary.get("total_iters") for r in recs]
         entry["precision"] = sorted({run_precision(r) for r in recs})
+        entry["hardware"] = sorted({run_hardware(r) for r in recs})
         entry["wall_seconds"] = [round(r.wall_time, 1) for r in recs]
         entry["run_dirs"] = [str(r.out_dir) for r in recs]
         entry["history"] = average_histories([r.history for r in recs])
@@ -773,6 +781,7 @@ TABLE6 = Experiment(
              Column("best run: final val err (%)", _best_run_cell), Column("paper test err (%)", _paper_t6_cell),
              Column("seeds", lambda _c, _l, e: len(e["seeds"])),
              Column("precision", lambda _c, _l, e: ", ".join(e["precision"])),
+             Column("hardware", lambda _c, _l, e: "; ".join(e["hardware"])),
              Column("wall time per run (h)", lambda _c, _l, e: f"{statistics.fmean(e['wall_seconds']) / 3600:.2f}")],
     what=_table6_what, figure=_table6_figure, table_heading="Table 6", partial_ok=True,
     extra=lambda ctx, _s, _r: {"paper_test_err_pct": {str(k): v for k, v in PAPER_TABLE6_ERR.items()},
@@ -1082,7 +1091,8 @@ def _precision_text(amp: str, compile: bool, cuda_graphs: bool, hardware: str, t
     if not reused:
         return own
     kept = ("keep the precision they trained with (the table's precision column where it has one; every "
-            "network's `precision` in `results.json`) and their own hardware (their logs)")
+            "network's `precision` in `results.json`) and their own hardware (the hardware column where it has one, "
+            "from each run's sessions log)")
     if not trained_here:
         return f"Every run was read from `--from`, none trained by this command: they {kept}."
     return f"Runs trained by this command: {own} Runs reused from `--from` {kept}."
