@@ -171,7 +171,8 @@ def test_table6_reads_run_folders_and_lists_what_is_not_finished(smoke: dict[str
             "--finished-only", "--out", str(out)]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
-    assert list(results["runs"]) == ["resnet20"] and results["runs"]["resnet20"]["precision"] == ["fp32, bf16 autocast from 1"]
+    assert list(results["runs"]) == ["resnet20"]
+    assert results["runs"]["resnet20"]["precision"] == ["fp32, bf16 autocast from 1"]
     assert results["not_trained"] == ["resnet32", "resnet44", "resnet56", "resnet110"]
     assert results["trained_in_this_invocation"] == [] and not (out / "runs").exists()
     report = (out / "report.md").read_text()

@@ -96,6 +96,16 @@ def fast_defaults(cfg: TrainConfig, device: torch.device) -> tuple[bool, str]:
     return channels_last, "bf16" if native_bf16(device) else "none"
 
 
+def logged_sessions(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sessions a run's ``config.json`` (or checkpoint config) logged; a run from before the log gets
+    one first session from its config, its hardware unrecorded."""
+    resolved = config.get("resolved", {})
+    return resolved.get("sessions") or [{
+        "from_iteration": 0, "device": resolved.get("device"), "hardware": None, "amp": resolved.get("amp"),
+        "channels_last": resolved.get("channels_last"), "compile": config.get("compile"),
+        "world_size": resolved.get("world_size")}]
+
+
 def session_log(resume_ckpt: dict[str, Any] | None, step: int, device: torch.device, amp: str,
                 channels_last: bool, compile: bool, world: int) -> list[dict[str, Any]]:
     """Every session that trained the run so far, this one last: from which iteration, on what, how.
@@ -103,16 +113,9 @@ def session_log(resume_ckpt: dict[str, Any] | None, step: int, device: torch.dev
     A run resumed on another machine keeps its recipe but may change precision, since the default is
     per device (bf16 only where it is native, :func:`fast_defaults`); the log keeps what each part of
     the run used. Sessions that ended before their first checkpoint (from ``step`` on) trained nothing
-    that survived and are dropped. A checkpoint from before the log gets one first session from its
-    config (its hardware unrecorded).
+    that survived and are dropped. A checkpoint from before the log: :func:`logged_sessions`.
     """
-    before: list[dict[str, Any]] = []
-    if resume_ckpt is not None:
-        resolved = resume_ckpt.get("config", {}).get("resolved", {})
-        before = resolved.get("sessions") or [{
-            "from_iteration": 0, "device": resolved.get("device"), "hardware": None, "amp": resolved.get("amp"),
-            "channels_last": resolved.get("channels_last"), "compile": resume_ckpt["config"].get("compile"),
-            "world_size": resolved.get("world_size")}]
+    before = [] if resume_ckpt is None else logged_sessions(resume_ckpt.get("config", {}))
     now = {"from_iteration": step, "device": str(device), "hardware": device_name(device), "amp": amp,
            "channels_last": channels_last, "compile": compile, "world_size": world,
            "started": datetime.now().astimezone().isoformat(timespec="seconds")}

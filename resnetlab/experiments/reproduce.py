@@ -39,7 +39,7 @@ from ..weights import load_checkpoint, model_from_checkpoint
 from ..engine.config import TrainConfig, check_amp, saved_split_seed
 from ..engine.distributed import resolve_device
 from ..engine.curves import plot_error_curves
-from ..engine.train import read_metrics
+from ..engine.train import logged_sessions, read_metrics
 from ..errors import UserError
 from ..hardware import device_name
 from ..models.profile import count_params, meta_model
@@ -205,10 +205,8 @@ def _precision_word(amp: str | None) -> str:
 def run_precision(rec: RunRecord) -> str:
     """The precision a run trained in, as its engine resolved it: ``fp32``, ``bf16 autocast``, ...; a run resumed
     in another precision (on another machine) says where it changed: ``fp32, bf16 autocast from 12,285``."""
-    resolved = rec.config.get("resolved", {})
-    sessions = resolved.get("sessions") or [{"from_iteration": 0, "amp": resolved.get("amp", rec.config.get("amp"))}]
     parts, last = [], None
-    for session in sessions:
+    for session in logged_sessions(rec.config):
         word = _precision_word(session.get("amp"))
         if word != last:
             parts.append(word if last is None else f"{word} from {session['from_iteration']:,}")
@@ -219,8 +217,7 @@ def run_precision(rec: RunRecord) -> str:
 def run_hardware(rec: RunRecord) -> str:
     """The hardware a run trained on, from its sessions log (each distinct machine once, oldest first);
     ``not logged`` for a run, or the sessions of one, from before the engine kept the log."""
-    names = [s.get("hardware") or "not logged" for s in rec.config.get("resolved", {}).get("sessions") or [{}]]
-    return "; ".join(dict.fromkeys(names))
+    return "; ".join(dict.fromkeys(s.get("hardware") or "not logged" for s in logged_sessions(rec.config)))
 
 
 def final_err(rec: RunRecord, key: str = "val_top1_err") -> float:
@@ -1177,20 +1174,23 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
     identity = {k: config[k] for k in REPORT_IDENTITY}
     invocations = previous_invocations(out, name, identity) + [{"wall_seconds": round(wall, 1), "trained": trained}]
     own = {k: v for k, v in run_walls.items() if k not in reused}
+    total = sum(own.values())
     outcome.results.update({
         "invocation_wall_seconds": round(wall, 1),
         "runs_wall_seconds": run_walls,
-        "runs_wall_seconds_total": round(sum(own.values()), 1),  # runs reused from --from are not counted
+        "runs_wall_seconds_total": round(total, 1),  # runs reused from --from are not counted
         "trained_in_this_invocation": trained,
         "invocations": invocations,
     })
-    total = sum(own.values())
-    reuse_note = (f" ({len(reused)} more reused from {_from_text(ctx)}, their "
-                  f"{sum(run_walls[k] for k in reused):,.0f} s of training counted there)" if reused else "")
+    counted_there = f"{sum(run_walls[k] for k in reused):,.0f} s of training counted there"
+    reuse_note = f" ({len(reused)} more reused from {_from_text(ctx)}, their {counted_there})" if reused else ""
     summed = (f"Training: {total:,.0f} s ({total / 60:.1f} min) summed over the {len(own)} runs' own wall "
               f"times{reuse_note} (a resumed run counts all its sessions)" if own else
-              f"Training: none here; the {len(reused)} run(s) were read from {_from_text(ctx)}, their "
-              f"{sum(run_walls[k] for k in reused):,.0f} s of training counted there")
+              f"Training: none here; the {len(reused)} run(s) were read from {_from_text(ctx)}, "
+              f"their {counted_there}")
+    logs_copied = (f"; each run's `metrics.jsonl` and `config.json` are copied under `{RUN_LOGS}/` here"
+                   if copied else "")
+    folders = f" Run folders (checkpoints, full logs): `{runs}`{logs_copied}." if own or runs.exists() else ""
     timing = (f"{summed}; this invocation took {wall:,.0f} s ({wall / 60:.1f} min) and trained {len(trained)} "
               f"of {len(outcome.records)}"
               + (f" (all {len(invocations)} invocations: " + ", ".join(
@@ -1198,10 +1198,7 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
                  if len(invocations) > 1 else "")
               + (f"; {parallel} runs at once, {per_run_threads} CPU thread(s) each, " if parallel > 1 else
                  f"; {threads_used} CPU thread(s), ")
-              + f"torch {torch.__version__}."
-              + (f" Run folders (checkpoints, full logs): `{runs}`" + (
-                  f"; each run's `metrics.jsonl` and `config.json` are copied under `{RUN_LOGS}/` here." if copied
-                  else ".") if own or runs.exists() else ""))
+              + f"torch {torch.__version__}.{folders}")
     command = command or reproduce_command(name, out, budget, seeds, data=data, runs_dir=runs_dir,
                                            val_split=val_split, device=device, iters=iters, from_dirs=from_dirs,
                                            finished_only=finished_only,
