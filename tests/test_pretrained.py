@@ -13,7 +13,7 @@ import resnetlab
 from resnetlab.cli import main
 from resnetlab.weights import load_checkpoint
 from resnetlab.engine.config import recipe_config
-from resnetlab.engine.train import train
+from resnetlab.engine.train import session_precision, train
 from resnetlab.errors import UserError
 from resnetlab.export.publish import publish, sample_logits
 from resnetlab.models import pretrained
@@ -84,6 +84,15 @@ def test_publish_records_how_the_weights_were_made(shipped_here: Path) -> None:
     assert entry["train_images"] == 320 and entry["dtype"] in ("float16", "float32")
     assert entry["sha256"] == pretrained.file_sha256(shipped_here / "weights" / entry["file"])
     assert [(s["from_iteration"], s["device"]) for s in entry["sessions"]] == [(0, "cpu")]
+    assert entry["precision"] in ("fp32", "bf16 autocast")  # the engine's default for this CPU, one session
+
+
+def test_precision_names_each_change_of_a_resumed_run() -> None:
+    sessions = [{"from_iteration": 0, "amp": "none"}, {"from_iteration": 18_954, "amp": "none"},
+                {"from_iteration": 37_312, "amp": "bf16"}]
+    assert session_precision({"resolved": {"sessions": sessions}}) == "fp32, bf16 autocast from 37,312"
+    assert session_precision({"resolved": {"amp": "bf16"}}) == "bf16 autocast"  # a run from before the log
+    assert session_precision({"resolved": {"amp": "fp16"}, "compile": False}) == "fp16 autocast"
 
 
 def test_pretrained_model_equals_the_checkpoint(shipped_here: Path) -> None:

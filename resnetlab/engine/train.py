@@ -106,6 +106,19 @@ def logged_sessions(config: dict[str, Any]) -> list[dict[str, Any]]:
         "world_size": resolved.get("world_size")}]
 
 
+def session_precision(config: dict[str, Any]) -> str:
+    """The precision a run trained in, as its engine resolved it: ``fp32``, ``bf16 autocast``, ...; a run resumed
+    in another precision (on another machine) says where it changed: ``fp32, bf16 autocast from 12,285``."""
+    parts, last = [], None
+    for session in logged_sessions(config):
+        amp = session.get("amp") or "none"
+        word = "fp32" if amp == "none" else f"{amp} autocast"
+        if word != last:
+            parts.append(word if last is None else f"{word} from {session['from_iteration']:,}")
+        last = word
+    return ", ".join(parts)
+
+
 def session_log(resume_ckpt: dict[str, Any] | None, step: int, device: torch.device, amp: str,
                 channels_last: bool, compile: bool, world: int) -> list[dict[str, Any]]:
     """Every session that trained the run so far, this one last: from which iteration, on what, how.

@@ -39,7 +39,7 @@ from ..weights import load_checkpoint, model_from_checkpoint
 from ..engine.config import TrainConfig, check_amp, saved_split_seed
 from ..engine.distributed import resolve_device
 from ..engine.curves import plot_error_curves
-from ..engine.train import logged_sessions, read_metrics
+from ..engine.train import logged_sessions, read_metrics, session_precision
 from ..errors import UserError
 from ..hardware import device_name
 from ..models.profile import count_params, meta_model
@@ -198,20 +198,9 @@ def group_by_label(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
     return out
 
 
-def _precision_word(amp: str | None) -> str:
-    return "fp32" if (amp or "none") == "none" else f"{amp} autocast"
-
-
 def run_precision(rec: RunRecord) -> str:
-    """The precision a run trained in, as its engine resolved it: ``fp32``, ``bf16 autocast``, ...; a run resumed
-    in another precision (on another machine) says where it changed: ``fp32, bf16 autocast from 12,285``."""
-    parts, last = [], None
-    for session in logged_sessions(rec.config):
-        word = _precision_word(session.get("amp"))
-        if word != last:
-            parts.append(word if last is None else f"{word} from {session['from_iteration']:,}")
-        last = word
-    return ", ".join(parts)
+    """The precision a run trained in (:func:`~resnetlab.engine.train.session_precision`)."""
+    return session_precision(rec.config)
 
 
 def run_hardware(rec: RunRecord) -> str:

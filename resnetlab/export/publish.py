@@ -17,6 +17,7 @@ import torch
 
 from ..data import MemoryLoader, open_data
 from ..weights import load_checkpoint, model_from_checkpoint, save_safetensors
+from ..engine.train import session_precision
 from ..errors import UserError
 from ..io import atomic_write_text
 from ..models.pretrained import INDEX_FILE, WEIGHTS_DIR, file_sha256
@@ -81,7 +82,7 @@ def publish(checkpoint: str, name: str, *, commit: str, hardware: str, dest: Pat
         "recipe": cfg.get("recipe"), "iterations": int(ckpt.get("step", 0)), "total_iterations":
         resolved.get("total_iters"), "batch_size": cfg.get("batch_size"),
         "data": DATA_NOTE, "train_images": None, "val_split": cfg.get("val_split"), "split_seed": cfg.get("split_seed"),
-        "normalization": norm.get("kind", "channel"), "precision": f"autocast {resolved.get('amp', 'none')}",
+        "normalization": norm.get("kind", "channel"), "precision": session_precision(cfg),
         "channels_last": resolved.get("channels_last"), "hardware": hardware,
         "wall_time_s": round(float(ckpt.get("wall_time", 0.0)), 1), "commit": commit, "seed": cfg.get("seed"),
         "val_top1_err": metrics.get("val_top1_err"), "val_top5_err": metrics.get("val_top5_err"),
