@@ -87,6 +87,13 @@ def test_publish_records_how_the_weights_were_made(shipped_here: Path) -> None:
     assert entry["precision"] in ("fp32", "bf16 autocast")  # the engine's default for this CPU, one session
 
 
+def test_publish_without_hardware_names_the_sessions_machines(shipped_here: Path, tmp_path: Path) -> None:
+    entry = publish(str(shipped_here / "run" / "last.pt"), "resnet20", commit="abc1234", dest=tmp_path,
+                    log=lambda _m: None)
+    logged = load_checkpoint(shipped_here / "run" / "last.pt")["config"]["resolved"]["sessions"][0]["hardware"]
+    assert entry["hardware"] == logged and logged.startswith("cpu (")
+
+
 def test_precision_names_each_change_of_a_resumed_run() -> None:
     sessions = [{"from_iteration": 0, "amp": "none"}, {"from_iteration": 18_954, "amp": "none"},
                 {"from_iteration": 37_312, "amp": "bf16"}]

@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="the run's checkpoint, e.g. runs/paper-r20/last.pt")
     p.add_argument("--name", required=True, help="registered model name, e.g. resnet20")
     p.add_argument("--commit", required=True, help="the project commit the run was trained with")
-    p.add_argument("--hardware", required=True, help="what it was trained on, e.g. '2 vCPUs, AMD EPYC, AVX512-BF16'")
+    p.add_argument("--hardware", help="what it was trained on, e.g. '2 vCPUs, AMD EPYC, AVX512-BF16' "
+                                     "(default: the machines in the run's sessions log)")
     p.set_defaults(func=cmd_publish)
 
 

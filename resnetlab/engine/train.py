@@ -119,6 +119,12 @@ def session_precision(config: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def session_hardware(config: dict[str, Any]) -> str:
+    """The hardware a run trained on, from its sessions log (each distinct machine once, oldest first);
+    ``not logged`` for a run, or the sessions of one, from before the engine kept the log."""
+    return "; ".join(dict.fromkeys(s.get("hardware") or "not logged" for s in logged_sessions(config)))
+
+
 def session_log(resume_ckpt: dict[str, Any] | None, step: int, device: torch.device, amp: str,
                 channels_last: bool, compile: bool, world: int) -> list[dict[str, Any]]:
     """Every session that trained the run so far, this one last: from which iteration, on what, how.

@@ -39,7 +39,7 @@ from ..weights import load_checkpoint, model_from_checkpoint
 from ..engine.config import TrainConfig, check_amp, saved_split_seed
 from ..engine.distributed import resolve_device
 from ..engine.curves import plot_error_curves
-from ..engine.train import logged_sessions, read_metrics, session_precision
+from ..engine.train import read_metrics, session_hardware, session_precision
 from ..errors import UserError
 from ..hardware import device_name
 from ..models.profile import count_params, meta_model
@@ -204,9 +204,8 @@ def run_precision(rec: RunRecord) -> str:
 
 
 def run_hardware(rec: RunRecord) -> str:
-    """The hardware a run trained on, from its sessions log (each distinct machine once, oldest first);
-    ``not logged`` for a run, or the sessions of one, from before the engine kept the log."""
-    return "; ".join(dict.fromkeys(s.get("hardware") or "not logged" for s in logged_sessions(rec.config)))
+    """The hardware a run trained on (:func:`~resnetlab.engine.train.session_hardware`)."""
+    return session_hardware(rec.config)
 
 
 def final_err(rec: RunRecord, key: str = "val_top1_err") -> float:

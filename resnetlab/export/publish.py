@@ -17,7 +17,7 @@ import torch
 
 from ..data import MemoryLoader, open_data
 from ..weights import load_checkpoint, model_from_checkpoint, save_safetensors
-from ..engine.train import session_precision
+from ..engine.train import session_hardware, session_precision
 from ..errors import UserError
 from ..io import atomic_write_text
 from ..models.pretrained import INDEX_FILE, WEIGHTS_DIR, file_sha256
@@ -56,9 +56,10 @@ def create_pretrained_like(stored: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(stored).float().eval()
 
 
-def publish(checkpoint: str, name: str, *, commit: str, hardware: str, dest: Path = WEIGHTS_DIR,
+def publish(checkpoint: str, name: str, *, commit: str, hardware: str | None = None, dest: Path = WEIGHTS_DIR,
             log=print) -> dict[str, Any]:
-    """Write ``name``'s shipped weights and index entry from a training checkpoint; returns the entry."""
+    """Write ``name``'s shipped weights and index entry from a training checkpoint; returns the entry.
+    ``hardware`` defaults to the machines the run's sessions log names."""
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt).eval()
     if model.spec.name != name:
@@ -83,7 +84,7 @@ def publish(checkpoint: str, name: str, *, commit: str, hardware: str, dest: Pat
         resolved.get("total_iters"), "batch_size": cfg.get("batch_size"),
         "data": DATA_NOTE, "train_images": None, "val_split": cfg.get("val_split"), "split_seed": cfg.get("split_seed"),
         "normalization": norm.get("kind", "channel"), "precision": session_precision(cfg),
-        "channels_last": resolved.get("channels_last"), "hardware": hardware,
+        "channels_last": resolved.get("channels_last"), "hardware": hardware or session_hardware(cfg),
         "wall_time_s": round(float(ckpt.get("wall_time", 0.0)), 1), "commit": commit, "seed": cfg.get("seed"),
         "val_top1_err": metrics.get("val_top1_err"), "val_top5_err": metrics.get("val_top5_err"),
         "val_images": cfg.get("val_split"), "checkpoint": Path(checkpoint).name,
