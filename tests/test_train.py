@@ -594,8 +594,7 @@ def test_a_run_resumed_on_another_cpu_logs_each_sessions_precision(tmp_path: Pat
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The default precision is per device (bf16 only where native): a run carried from an AVX2 CPU to an
     AVX512-BF16 one changes precision, and config.json and the checkpoint keep both sessions."""
-    from resnetlab.experiments.reproduce import run_hardware, run_precision
-    from resnetlab.experiments.runs import RunRecord, RunSpec
+    from resnetlab.engine.train import session_hardware, session_precision
 
     cfg = tiny(tmp_path, "carried", amp=None, channels_last=False)
     monkeypatch.setenv("RESNETLAB_NATIVE_BF16", "0")
@@ -608,11 +607,9 @@ def test_a_run_resumed_on_another_cpu_logs_each_sessions_precision(tmp_path: Pat
     assert [(s["from_iteration"], s["amp"]) for s in sessions] == [(0, "none"), (6, "bf16")]
     assert sessions[1]["hardware"].startswith("cpu (") and sessions[1]["hardware"].endswith("native bf16)")
     assert torch.load(tmp_path / "carried" / "last.pt", weights_only=True)["config"]["resolved"]["sessions"] == sessions
-    record = RunRecord(RunSpec("carried-s0", "resnet", "carried"), tmp_path / "carried", [], {}, config, False)
-    assert run_precision(record) == "fp32, bf16 autocast from 6"
-    assert run_hardware(record) == f"{sessions[0]['hardware']}; {sessions[1]['hardware']}"
-    unlogged = RunRecord(RunSpec("old-s0", "resnet", "old"), tmp_path / "old", [], {}, {"resolved": {}}, False)
-    assert run_hardware(unlogged) == "not logged"
+    assert session_precision(config) == "fp32, bf16 autocast from 6"
+    assert session_hardware(config) == f"{sessions[0]['hardware']}; {sessions[1]['hardware']}"
+    assert session_hardware({"resolved": {}}) == "not logged"
     # A checkpoint from before the log: its first session comes from its config; one resumed at the same
     # iteration twice (killed before a checkpoint) keeps only the later attempt.
     old = {"config": {"compile": False, "resolved": {"device": "cpu", "amp": "none", "channels_last": True}}}

@@ -198,16 +198,6 @@ def group_by_label(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
     return out
 
 
-def run_precision(rec: RunRecord) -> str:
-    """The precision a run trained in (:func:`~resnetlab.engine.train.session_precision`)."""
-    return session_precision(rec.config)
-
-
-def run_hardware(rec: RunRecord) -> str:
-    """The hardware a run trained on (:func:`~resnetlab.engine.train.session_hardware`)."""
-    return session_hardware(rec.config)
-
-
 def final_err(rec: RunRecord, key: str = "val_top1_err") -> float:
     """The error at the end of training (last evaluation), NaN when there is none."""
     value = rec.final.get(key)
@@ -238,8 +228,8 @@ def run_summary(records: Sequence[RunRecord]) -> dict[str, Any]:
         # As the paper's Table 6 reports ResNet-110: the best run by final error, beside the mean ± std.
         entry["best_run_val_err"] = {"value": finals[best_seed], "seed": recs[best_seed].spec.seed}
         entry["iters"] = [r.summary.get("total_iters") for r in recs]
-        entry["precision"] = sorted({run_precision(r) for r in recs})
-        entry["hardware"] = sorted({run_hardware(r) for r in recs})
+        entry["precision"] = sorted({session_precision(r.config) for r in recs})
+        entry["hardware"] = sorted({session_hardware(r.config) for r in recs})
         entry["wall_seconds"] = [round(r.wall_time, 1) for r in recs]
         entry["run_dirs"] = [str(r.out_dir) for r in recs]
         entry["history"] = average_histories([r.history for r in recs])
