@@ -118,7 +118,7 @@ def torch_logits(model: nn.Module, images: torch.Tensor, mean: list[float], std:
 def test_onnx_resnet18_dynamic_batch_matches_pytorch(tmp_path: Path, onnx_rt) -> None:
     onnx, ort = onnx_rt
     torch.manual_seed(0)
-    loaded = load_model("resnet18")
+    loaded = load_model("resnet18", random_weights=True)
     # 64x64 instead of 224x224 keeps the test fast; the graph is the same (global pooling before fc).
     report = export_model(loaded, tmp_path / "r18.onnx", "onnx", input_size=(3, 64, 64))
     proto = onnx.load(str(tmp_path / "r18.onnx"))

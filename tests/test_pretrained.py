@@ -124,6 +124,38 @@ def test_unshipped_weights_are_one_line_listing_the_shipped(shipped_here: Path) 
         resnetlab.create_model("resnet56", pretrained=True)
 
 
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "resnet56", "--data", SAMPLE],
+    ["predict", "resnet56", "cat.jpg"],
+    ["export", "resnet56", "--out", "r56.onnx"],
+    ["train", "--model", "resnet56", "--init", "resnet56", "--data", SAMPLE, "--iters", "1", "--out", "run"],
+], ids=["evaluate", "predict", "export", "init"])
+def test_a_model_name_without_shipped_weights_is_one_line_listing_the_shipped(
+        shipped_here: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, argv: list[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["resnetlab: error: no pretrained weights ship for 'resnet56'; shipped: resnet20 "
+                   "(or give a checkpoint's path)"]
+    assert not (tmp_path / "r56.onnx").exists()
+
+
+def test_a_missing_path_is_still_named_as_a_path(tmp_path: Path, capsys) -> None:
+    assert main(["evaluate", str(tmp_path / "nope.pt"), "--data", SAMPLE]) == 2
+    assert f"checkpoint not found: {tmp_path / 'nope.pt'}" in capsys.readouterr().err
+
+
+def test_export_random_weights_takes_a_model_name_explicitly(shipped_here: Path, tmp_path: Path, capsys) -> None:
+    from resnetlab.export.onnx_predict import read_onnx_metadata
+
+    out = tmp_path / "r20.onnx"
+    assert main(["export", "resnet20", "--random-weights", "--out", str(out)]) == 0
+    assert "resnet20 (random weights)" in capsys.readouterr().out
+    assert read_onnx_metadata(out)["normalization"]["kind"] != "pixel-mean"  # not the shipped net's record
+    assert main(["export", str(out), "--random-weights", "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "--random-weights takes a model name" in capsys.readouterr().err
+
+
 def test_a_damaged_file_is_refused(shipped_here: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     index = json.loads((shipped_here / "weights" / "index.json").read_text())
     index["resnet20"]["sha256"] = "0" * 64

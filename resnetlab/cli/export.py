@@ -15,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write a checkpoint or model as ONNX, a torch.export program (.pt2) or TorchScript, checked against PyTorch",
     )
     p.add_argument("source", help="checkpoint (.pt, run folder, .safetensors, torchvision/timm weights) "
-                                  "or a model name (random weights)")
+                                  "or a name of shipped weights (`resnetlab pretrained`)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="SOURCE is a model name (`resnetlab models`): export its architecture untrained")
     p.add_argument("--format", choices=["onnx", "exported", "torchscript"],
                    help="output format (default: from --out: .onnx, .pt2, .ts)")
     p.add_argument("--out", required=True, help="output file")
@@ -61,7 +63,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     batch = _parse_batch(args.batch)
     if args.opset is not None and fmt != "onnx":
         raise UserError("--opset only applies to --format onnx")
-    loaded = load_model(args.source, args.model)
+    loaded = load_model(args.source, args.model, random_weights=args.random_weights)
     size = parse_input_size(args.input_size) if args.input_size else None
     if size is not None and size[0] != loaded.input_size[0]:
         raise UserError(f"--input-size has {size[0]} channels; the model takes {loaded.input_size[0]}")

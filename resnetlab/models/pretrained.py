@@ -98,6 +98,22 @@ def get_weights(name: str) -> PretrainedWeights:
     """The shipped weights of ``name``; a one-line UserError listing what ships otherwise."""
     index = _index()
     if name not in index:
-        shipped = ", ".join(sorted(index)) or "none yet"
-        raise UserError(f"no pretrained weights ship for {name!r}; shipped: {shipped}")
+        raise UserError(_not_shipped(name))
     return index[name]
+
+
+def _not_shipped(name: str) -> str:
+    return f"no pretrained weights ship for {name!r}; shipped: {', '.join(list_pretrained()) or 'none yet'}"
+
+
+def missing_file_error(source: str | Path, what: str) -> UserError:
+    """The one-line error for a ``source`` that is neither a file nor shipped weights' name.
+
+    A registered model name (``resnet56`` before its weights ship) is a request for
+    pretrained weights, so the error lists those that ship instead of a missing path.
+    """
+    from .registry import MODELS  # the registry imports this module for create_model(pretrained=True)
+
+    if str(source) in MODELS:
+        return UserError(f"{_not_shipped(str(source))} (or give a checkpoint's path)")
+    return UserError(f"{what} not found: {source}")

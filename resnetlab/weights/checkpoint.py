@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import UserError
 from ..io import atomic_write
 from ..models import create_model
-from ..models.pretrained import get_weights, is_pretrained_name
+from ..models.pretrained import get_weights, is_pretrained_name, missing_file_error
 
 FORMAT = "resnetlab-checkpoint/1"
 
@@ -109,14 +109,14 @@ def with_ema_weights(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
 def _load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not Path(path).exists() and is_pretrained_name(str(path)):
         return pretrained_checkpoint(str(path))
-    path = Path(path)
+    source, path = path, Path(path)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
             if (path / name).is_file():
                 path = path / name
                 break
     if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
+        raise missing_file_error(source, "checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint we can trust"

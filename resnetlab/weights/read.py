@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from torch import nn
 from ..errors import UserError
 from ..io import atomic_write
 from ..models import FAMILIES, MODELS, create_model
-from ..models.pretrained import get_weights, is_pretrained_name
+from ..models.pretrained import get_weights, is_pretrained_name, missing_file_error
 from .checkpoint import FORMAT, first_mismatch, load_checkpoint, load_weights, normalization_record
 
 SAFETENSORS_FORMAT = "resnetlab-safetensors/1"
@@ -196,7 +195,7 @@ def read_weights(path: str | Path) -> Weights:
         _take_record(weights, ckpt)
         return weights
     if not path.is_file():
-        raise UserError(f"weights file not found: {path}")
+        raise missing_file_error(path, "weights file")
     if path.suffix.lower() in (".onnx", ".pt2"):
         raise UserError(f"{path} is an exported model, not weights; convert the checkpoint it came from")
     if path.suffix.lower() == ".safetensors" or _is_safetensors(path):
@@ -323,17 +322,22 @@ def build_from_weights(weights: Weights, model_name: str | None = None) -> tuple
     return model.eval(), how
 
 
-def load_model(source: str | Path, model_name: str | None = None) -> LoadedModel:
-    """A model in eval mode from a checkpoint/weights file, a name of shipped weights, or a registered name.
+def load_model(source: str | Path, model_name: str | None = None, *, random_weights: bool = False) -> LoadedModel:
+    """A model in eval mode from a checkpoint/weights file or a name of shipped weights.
 
-    A registered name without shipped weights (``list_pretrained()``) gets random weights.
+    ``random_weights``: ``source`` is a registered model name, built untrained (the
+    architecture alone, e.g. to time a deployment). Without it a model name means its
+    shipped weights, and one without them is a one-line error listing those that ship:
+    a name never silently exports an untrained network.
     Classes, normalisation and input size come from the file when it records them,
     otherwise class indices, ImageNet mean/std (torchvision's convention) and the
     model's native size; ``notes`` says which defaults were used.
     """
     path = Path(source)
     shipped = not path.exists() and is_pretrained_name(str(source))
-    if not shipped and not path.exists() and not path.suffix and "/" not in str(source) and os.sep not in str(source):
+    if random_weights:
+        if str(source) not in MODELS:
+            raise UserError(f"--random-weights takes a model name (`resnetlab models`), not {source}")
         model = create_model(str(source)).eval()
         mean, std = default_normalization()
         n = model.num_classes
