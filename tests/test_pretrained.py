@@ -179,6 +179,21 @@ def test_a_name_works_where_a_checkpoint_does(shipped_here: Path, tmp_path: Path
     assert "resnet20" in capsys.readouterr().out
 
 
+def test_init_normalizes_the_data_as_the_weights_were_unless_told(shipped_here: Path, tmp_path: Path) -> None:
+    from resnetlab.cli import build_parser
+    from resnetlab.cli.train import config_from_args
+
+    def normalize(*argv: str) -> str:
+        return config_from_args(build_parser().parse_args(["train", "--recipe", "fast-cifar", *argv])).normalize
+
+    assert normalize() == "channel"  # the recipe's own
+    assert normalize("--init", "resnet20") == "pixel-mean"  # the shipped (here: published) net's
+    assert normalize("--init", "resnet20", "--normalize", "channel") == "channel"  # a flag given wins
+    model = resnetlab.create_model("resnet20")
+    torch.save(model.state_dict(), tmp_path / "bare.pt")  # a bare state dict says nothing: the recipe's
+    assert normalize("--init", str(tmp_path / "bare.pt")) == "channel"
+
+
 def test_init_from_a_name_fine_tunes(shipped_here: Path, tmp_path: Path) -> None:
     cfg = recipe_config("paper-cifar", data=SAMPLE, subset=64, batch_size=32, iters=1, out=str(tmp_path / "ft"),
                         device="cpu", init="resnet20")

@@ -108,7 +108,28 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     recipe = given.get("recipe") or base.get("recipe") or TrainConfig.recipe
     if base and ("iters" in given or "epochs" in given):  # a length given here replaces the file's
         base = {k: v for k, v in base.items() if k not in ("iters", "epochs")}
+    init = given.get("init") or base.get("init")
+    if init and "normalize" not in given and "normalize" not in base:
+        given["normalize"] = init_normalization(init)
     return recipe_config(recipe, **{**base, **given})
+
+
+def init_normalization(init: str) -> str | None:
+    """How the ``--init`` weights' inputs were normalised ("pixel-mean" or "channel"); None where they don't say.
+
+    Fine-tuning feeds the weights inputs prepared their way, as timm and torchvision take the
+    transforms from the pretrained weights: the shipped CIFAR nets saw the per-pixel mean image
+    subtracted and no division (paper Sec. 4.2), 4x the scale of per-channel standardised inputs.
+    The statistics themselves are recomputed on the new training images.
+    """
+    import torch
+
+    from ..weights import read_weights
+
+    mean = read_weights(init).mean
+    if mean is None:
+        return None
+    return "pixel-mean" if len(torch.as_tensor(mean).shape) == 3 else "channel"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
