@@ -79,9 +79,15 @@ def _cpuinfo_lines() -> list[str]:
 
 
 def device_name(device: torch.device) -> str:
-    """``cuda (NVIDIA H200)`` or ``cpu (AMD EPYC ..., 2 threads, native bf16)``: what a report names as hardware."""
+    """``cuda (NVIDIA H200)`` or ``cpu (AMD EPYC, AVX512 kernels, 2 threads, native bf16)``: a report's hardware.
+
+    The kernels' instruction set (ATen's CPU capability) is named because a hypervisor may
+    report one model name ("AMD EPYC") for CPUs several times apart in speed: here a Zen 3
+    (AVX2) and a Zen 4 (AVX-512 with AVX512-BF16) both say "AMD EPYC".
+    """
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     n = torch.get_num_threads()
     bf16 = "native bf16" if native_bf16(device) else "bf16 emulated"
-    return f"cpu ({cpu_name()}, {n} thread{'s' if n != 1 else ''}, {bf16})"
+    kernels = torch.backends.cpu.get_cpu_capability()
+    return f"cpu ({cpu_name()}, {kernels} kernels, {n} thread{'s' if n != 1 else ''}, {bf16})"

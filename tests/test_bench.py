@@ -61,6 +61,17 @@ def test_the_capability_check_reads_cpu_flags_unless_forced(monkeypatch: pytest.
     assert not hardware.native_bf16(CPU) and hardware.cpu_bf16().reason == "RESNETLAB_NATIVE_BF16=0"
 
 
+@pytest.mark.parametrize("kernels,native", [("AVX2", False), ("AVX512", True)], ids=["zen3-like", "zen4-like"])
+def test_device_name_tells_cpus_of_one_model_name_apart(kernels: str, native: bool,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(hardware.ENV_VAR, "1" if native else "0")
+    monkeypatch.setattr(hardware, "cpu_name", lambda: "AMD EPYC")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: kernels)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    want = f"cpu (AMD EPYC, {kernels} kernels, 2 threads, {'native bf16' if native else 'bf16 emulated'})"
+    assert hardware.device_name(CPU) == want
+
+
 def test_list_modes_marks_defaults_and_emulated_bf16(bf16_cpu: bool, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "train", "--list-modes", "--device", "cpu"]) == 0
     lines = {line[2:].split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
