@@ -5,7 +5,8 @@
 #
 #   scripts/gpu_train.sh                      # on the device machine: DATA, OUT and RUNS as below
 #   BUDGET=smoke DEVICE=cpu GRAPHS=0 DATA=resnetlab/data/sample/cifar10-sample OUT=/tmp/o scripts/gpu_train.sh
-#                                             # the same job end to end on a CPU in seconds (tests/test_gpu_job.py)
+#                                             # the same job end to end on a CPU in seconds (tests/test_reproduce.py)
+#   PRINT_ONLY=1 OUT=/tmp/o scripts/gpu_train.sh   # the reproduce command it would run, and nothing else
 #
 # The device machine starts bare and runs a command for at most 10 minutes, so training stops at
 # TRAIN_SECONDS with a checkpoint (SIGTERM: every run saves last.pt) and the packing still happens. A run
@@ -17,7 +18,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DATA=${DATA:-.data/cifar10/train}
+# The data path is part of a run's identity (reproduce reuses a run only where it matches), and every run
+# trained on the CPUs names ../shared/data/cifar10/train: the same string here lets the finished ones be
+# read back with --from instead of trained again. ../shared does not travel, so on the device machine that
+# path is made a link to the carried copy in .data/.
+SHARED=../shared/data/cifar10/train
+DATA=${DATA:-$SHARED}
 OUT=${OUT:?set OUT to the folder whose files come back}
 RUNS=${RUNS:-runs/gpu/table6}          # carried in again to resume unfinished runs
 REPORT=${REPORT:-runs/gpu/table6-report}
@@ -29,13 +35,26 @@ GRAPHS=${GRAPHS:-1}
 TRAIN_SECONDS=${TRAIN_SECONDS:-420}
 PYTHON=${PYTHON:-python3}
 MAX_BYTES=$((16 * 1024 * 1024))
+# Finished runs to read instead of training (--from): at the full budget, every committed log folder of a
+# finished paper-cifar run (docs/results/paper-cifar-*/summary.json); FROM="" trains everything.
+if [ -z "${FROM+set}" ]; then
+    FROM=""
+    if [ "$BUDGET" = full ]; then
+        for d in docs/results/paper-cifar-*/; do [ -f "$d/summary.json" ] && FROM="$FROM ${d%/}"; done
+    fi
+fi
 
+if [ "$DATA" = "$SHARED" ] && [ ! -d "$DATA" ] && [ -d .data/cifar10/train ]; then
+    mkdir -p "$(dirname "$(dirname "$SHARED")")" && ln -sfn "$PWD/.data/cifar10" "$(dirname "$SHARED")"
+fi
 [ -d "$DATA" ] || { echo "gpu_train: no data at $DATA (copy ../shared/data/cifar10 to .data/ and carry it)" >&2; exit 2; }
 mkdir -p "$OUT" "$RUNS" "$REPORT"
 export PYTHONUNBUFFERED=1
 flags=(--budget "$BUDGET" --data "$DATA" --parallel "$PARALLEL" --device "$DEVICE" --amp "$AMP"
        --out "$REPORT" --runs "$RUNS")
 [ "$GRAPHS" = 1 ] && flags+=(--cuda-graphs)
+for d in $FROM; do flags+=(--from "$d"); done
+if [ "${PRINT_ONLY:-0}" = 1 ]; then echo "reproduce table6 ${flags[*]}"; exit 0; fi
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$REPORT/gpu.txt" || true
 
 # Training: stopped at TRAIN_SECONDS with a checkpoint; status 2 then means "interrupted, run again".

@@ -127,6 +127,36 @@ def test_the_gpu_job_script_resumes_finished_runs_and_packs_what_comes_back(smok
     assert missing.returncode == 2 and "no data at" in missing.stderr
 
 
+def test_the_gpu_job_reads_finished_cpu_runs_under_the_data_path_they_name(tmp_path: Path) -> None:
+    """At the full budget the job passes every finished docs/results/paper-cifar-* folder as --from, and names
+    the data as the CPU runs did (../shared/...), linking that path to the carried .data/ copy where ../shared
+    did not travel: otherwise reproduce refuses the runs (data differs) or trains ResNet-20/32 again."""
+    import os
+    import subprocess
+
+    repo = tmp_path / "machine" / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "scripts" / "gpu_train.sh", repo / "scripts")
+    (repo / ".data" / "cifar10" / "train").mkdir(parents=True)
+    for name, finished in (("resnet20", True), ("resnet44", False)):
+        (repo / "docs" / "results" / f"paper-cifar-{name}").mkdir(parents=True)
+        if finished:
+            (repo / "docs" / "results" / f"paper-cifar-{name}" / "summary.json").write_text("{}")
+    env = {**os.environ, "PRINT_ONLY": "1", "OUT": str(tmp_path / "out")}
+    for key in ("DATA", "FROM", "BUDGET"):
+        env.pop(key, None)
+    done = subprocess.run(["bash", "scripts/gpu_train.sh"], cwd=repo, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert "--data ../shared/data/cifar10/train " in line
+    assert line.count("--from") == 1 and "--from docs/results/paper-cifar-resnet20" in line
+    link = tmp_path / "machine" / "shared" / "data" / "cifar10"
+    assert link.is_symlink() and link.resolve() == (repo / ".data" / "cifar10").resolve()
+    smoke = subprocess.run(["bash", "scripts/gpu_train.sh"], cwd=repo, env={**env, "BUDGET": "smoke"},
+                           capture_output=True, text=True)
+    assert smoke.returncode == 0 and "--from" not in smoke.stdout  # full-budget runs would be refused there
+
+
 def test_table6_and_preact_have_paper_columns(smoke: dict[str, Path]) -> None:
     t6 = json.loads((smoke["table6"] / "results.json").read_text())
     assert t6["paper_test_err_pct"]["110"] == 6.43 and "resnet1202" not in t6["runs"]
