@@ -78,7 +78,7 @@ def _cpuinfo_lines() -> list[str]:
         return []
 
 
-def device_name(device: torch.device) -> str:
+def device_name(device: torch.device, threads: bool = True) -> str:
     """``cuda (NVIDIA H200)`` or ``cpu (AMD EPYC, AVX512 kernels, 2 threads, native bf16)``: a report's hardware.
 
     The kernels' instruction set (ATen's CPU capability) is named because a hypervisor may
@@ -88,6 +88,7 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     n = torch.get_num_threads()
+    count = f"{n} thread{'s' if n != 1 else ''}, " if threads else ""  # False: a report with a threads column
     bf16 = "native bf16" if native_bf16(device) else "bf16 emulated"
     kernels = torch.backends.cpu.get_cpu_capability()
-    return f"cpu ({cpu_name()}, {kernels} kernels, {n} thread{'s' if n != 1 else ''}, {bf16})"
+    return f"cpu ({cpu_name()}, {kernels} kernels, {count}{bf16})"

@@ -9,13 +9,15 @@
 #   PRINT_ONLY=1 OUT=/tmp/o scripts/gpu_train.sh   # the reproduce command it would run, and nothing else
 #
 # The device machine starts bare and runs a command for at most 10 minutes, so training stops at
-# TRAIN_SECONDS with a checkpoint (SIGTERM: every run saves last.pt) and the packing still happens. A run
-# that finished ships best.pt; one that did not ships last.pt, to be carried back in RUNS next time: the
-# same command then resumes it (reproduce reuses finished runs and continues interrupted ones).
+# TRAIN_SECONDS with a checkpoint (SIGTERM: every run saves last.pt) and the packing still happens. Every
+# run comes back with its last.pt: a finished run's is the network to publish, an unfinished one's is
+# carried back in RUNS next time, and the same command then resumes it (reproduce reuses finished runs and
+# continues interrupted ones).
 #
 # Before the call, here: copy the images into the repo (../shared does not travel) and name them in carry:
 #   mkdir -p .data && cp -r ../shared/data/cifar10 .data/      # 46 MB; /.data/ is git-ignored
 set -euo pipefail
+shopt -s nullglob  # a glob that matches nothing (no run folder yet) is no word, not itself
 cd "$(dirname "$0")/.."
 
 # The data path is part of a run's identity (reproduce reuses a run only where it matches), and every run
@@ -57,20 +59,36 @@ for d in $FROM; do flags+=(--from "$d"); done
 if [ "${PRINT_ONLY:-0}" = 1 ]; then echo "reproduce table6 ${flags[*]}"; exit 0; fi
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$REPORT/gpu.txt" || true
 
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# Optional: how many runs the device takes at once (issue #13's K = 1, 2, 4, 8 table), into the report.
+if [ "${BENCH_PARALLEL:-0}" = 1 ]; then
+    bench=(--procs "${PROCS:-1,2,4,8}" --seconds "${BENCH_SECONDS:-10}" --device "$DEVICE" --amp "$AMP"
+           --data "$DATA")
+    [ "$GRAPHS" = 1 ] && bench+=(--cuda-graphs)
+    for model in ${BENCH_MODELS:-resnet20 resnet56}; do
+        "$PYTHON" -m resnetlab bench parallel --model "$model" "${bench[@]}" --json > "$REPORT/parallel-$model.json" \
+            2> >(tee -a "$REPORT/bench.log" >&2) || echo "gpu_train: bench parallel $model failed" | tee -a "$REPORT/bench.log"
+    done
+fi
+
 # Training: stopped at TRAIN_SECONDS with a checkpoint; status 2 then means "interrupted, run again".
-set +e
-timeout -s TERM -k 60 "$TRAIN_SECONDS" env PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" \
-    "$PYTHON" -m resnetlab reproduce table6 "${flags[@]}" 2>&1 | tee "$REPORT/train.log"
-status=${PIPESTATUS[0]}
-set -e
-echo "gpu_train: reproduce exited with status $status" | tee -a "$REPORT/train.log"
+status=0
+if [ "$TRAIN_SECONDS" -gt 0 ]; then
+    set +e
+    timeout -s TERM -k 60 "$TRAIN_SECONDS" "$PYTHON" -m resnetlab reproduce table6 "${flags[@]}" 2>&1 \
+        | tee "$REPORT/train.log"
+    status=${PIPESTATUS[0]}
+    set -e
+    echo "gpu_train: reproduce exited with status $status" | tee -a "$REPORT/train.log"
+fi
 
 # Packing: one archive per run (its weights and logs), one for the report; each must fit what comes back.
 for run in "$RUNS"/*/; do
     run=${run%/}; name=$(basename "$run")
-    if [ -f "$run/summary.json" ]; then weights=best.pt; else weights=last.pt; fi
+    # last.pt either way: a finished run's is the final network, the one that ships (best.pt was picked on
+    # the validation images it would be scored on); an unfinished run's is what resumes it.
     files=(config.json metrics.jsonl)
-    for f in summary.json "$weights"; do [ -f "$run/$f" ] && files+=("$f"); done
+    for f in summary.json last.pt; do [ -f "$run/$f" ] && files+=("$f"); done
     tar -C "$run" -czf "$OUT/$name.tar.gz" "${files[@]}"
 done
 tar -C "$(dirname "$REPORT")" -czf "$OUT/report.tar.gz" "$(basename "$REPORT")"

@@ -119,7 +119,8 @@ def test_the_gpu_job_script_resumes_finished_runs_and_packs_what_comes_back(smok
     assert names == ["report.tar.gz"] + sorted(f"resnet{d}-s0.tar.gz" for d in (20, 32, 44, 56, 110))
     assert all(p.stat().st_size <= 16 * 2**20 for p in out.iterdir())
     with tarfile.open(out / "resnet110-s0.tar.gz") as t:
-        assert sorted(t.getnames()) == ["best.pt", "config.json", "metrics.jsonl", "summary.json"]
+        # The final network (last.pt), not the one picked on the validation images (best.pt).
+        assert sorted(t.getnames()) == ["config.json", "last.pt", "metrics.jsonl", "summary.json"]
     with tarfile.open(out / "report.tar.gz") as t:
         assert {"report/report.md", "report/results.json", "report/train.log"} <= set(t.getnames())
     env["DATA"] = str(tmp_path / "nowhere")
@@ -155,6 +156,29 @@ def test_the_gpu_job_reads_finished_cpu_runs_under_the_data_path_they_name(tmp_p
     smoke = subprocess.run(["bash", "scripts/gpu_train.sh"], cwd=repo, env={**env, "BUDGET": "smoke"},
                            capture_output=True, text=True)
     assert smoke.returncode == 0 and "--from" not in smoke.stdout  # full-budget runs would be refused there
+
+
+def test_the_gpu_job_can_measure_concurrent_runs_alone(tmp_path: Path) -> None:
+    """BENCH_PARALLEL=1 with TRAIN_SECONDS=0: only `bench parallel`, its JSON in the report that comes back."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    env = {**os.environ, "BUDGET": "smoke", "DEVICE": "cpu", "GRAPHS": "0", "AMP": "none", "DATA": SAMPLE,
+           "OUT": str(out), "RUNS": str(tmp_path / "runs"), "REPORT": str(tmp_path / "report"),
+           "PYTHON": sys.executable, "BENCH_PARALLEL": "1", "TRAIN_SECONDS": "0", "BENCH_MODELS": "resnet20",
+           "PROCS": "1", "BENCH_SECONDS": "0.3", "RESNETLAB_DATA": str(tmp_path / "cache")}
+    done = subprocess.run(["bash", str(root / "scripts" / "gpu_train.sh")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "reproduce" not in done.stdout and sorted(p.name for p in out.iterdir()) == ["report.tar.gz"]
+    with tarfile.open(out / "report.tar.gz") as t:
+        result = json.load(t.extractfile("report/parallel-resnet20.json"))
+    assert result["model"] == "resnet20" and [p["procs"] for p in result["points"]] == [1]
+    assert result["points"][0]["total_img_s"] > 0
 
 
 def test_table6_and_preact_have_paper_columns(smoke: dict[str, Path]) -> None:

@@ -22,8 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "GFLOP/s and share of the machine's matmul peak measured in the same run, and whether every "
                     "mode's outputs match eager-fp32. Exit status 1 when a mode disagrees.",
     )
-    p.add_argument("task", choices=["train", "infer"], help="a training step (data + forward + backward + SGD) "
-                                                            "or an inference forward pass")
+    p.add_argument("task", choices=["train", "infer", "parallel"],
+                   help="a training step (data + forward + backward + SGD), an inference forward pass, or "
+                        "'parallel': the training throughput of K runs sharing the machine (--procs)")
     p.add_argument("--model", default="resnet20", help="model name (`resnetlab models`), default resnet20")
     p.add_argument("--batch-size", type=int, help="default 128 for train, 16 for infer")
     p.add_argument("--input-size", help="C x H x W, e.g. 3x224x224 (default: the model's native size)")
@@ -44,10 +45,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "cutout, autoaugment, trivialaugment, mixup, cutmix) and report each one's share "
                         "of the default mode's step")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    par = p.add_argument_group("parallel", "options of `bench parallel` (the training loop's own step, K processes)")
+    par.add_argument("--procs", help="comma-separated run counts K (default 1,2,4,8)")
+    par.add_argument("--seconds", type=float, help="timed seconds per K, after every run's warm-up (default 10)")
+    par.add_argument("--data", help="training data, as `resnetlab train --data` (default: the bundled sample)")
+    par.add_argument("--recipe", help="training recipe (default paper-cifar)")
+    par.add_argument("--amp", choices=["none", "bf16", "fp16"], help="default: the engine's for the device")
+    par.add_argument("--cuda-graphs", action="store_true", help="replay each training step as a CUDA graph")
     p.set_defaults(func=cmd_bench)
+
+PARALLEL_ONLY = ("procs", "seconds", "data", "recipe", "amp")
+NOT_PARALLEL = ("modes", "list_modes", "profile", "augment", "input_size")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.task == "parallel":
+        return cmd_parallel(args)
+    given = [n for n in PARALLEL_ONLY if getattr(args, n) is not None] + (["cuda_graphs"] if args.cuda_graphs else [])
+    if given:
+        raise UserError(f"--{given[0].replace('_', '-')} is an option of `bench parallel`, not `bench {args.task}`")
     from ..bench import MODES, default_mode, default_modes, emulated, format_result, modes_for, resolve_modes, run_bench
     from ..engine.distributed import resolve_device
 
@@ -92,6 +108,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
                            augmentations=augmentations, log=log)
     print(json.dumps(result.to_dict()) if args.json else format_result(result))
     return 0 if result.agree else 1
+
+
+def cmd_parallel(args: argparse.Namespace) -> int:
+    from ..bench.parallel import format_parallel, run_parallel_bench
+    from ..data.resolve import SAMPLE_DIR
+    from ..engine.config import recipe_config
+
+    wrong = [n for n in NOT_PARALLEL if getattr(args, n) not in (None, False, 0)]
+    if wrong:
+        raise UserError(f"--{wrong[0].replace('_', '-')} is not an option of `bench parallel`")
+    try:
+        procs = [int(k) for k in (args.procs or "1,2,4,8").split(",") if k.strip()]
+    except ValueError:
+        raise UserError(f"--procs takes comma-separated counts, e.g. 1,2,4,8, got {args.procs!r}") from None
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    # As long as the timing can run: the schedule never ends inside it (its lr is irrelevant to speed).
+    cfg = recipe_config(args.recipe or "paper-cifar", model=args.model, data=args.data or str(SAMPLE_DIR),
+                        batch_size=args.batch_size, device=args.device, amp=args.amp,
+                        cuda_graphs=args.cuda_graphs, iters=10**9, epochs=None)
+    log = (lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+    result = run_parallel_bench(cfg, procs, seconds=args.seconds or 10.0, warmup=max(args.warmup, 5),
+                                threads=args.threads, log=log)
+    print(json.dumps(result.to_dict()) if args.json else format_parallel(result))
+    return 0
 
 
 @contextmanager
