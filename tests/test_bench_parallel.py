@@ -40,6 +40,26 @@ def test_a_run_that_fails_fails_the_point_without_hanging_the_others() -> None:
         run_parallel_bench(toy(init="/nonexistent/weights.pt"), [2], seconds=0.5, warmup=2, threads=1)
 
 
+def test_a_run_killed_before_reporting_is_named_at_once() -> None:
+    import multiprocessing as mp
+    import os
+    import signal
+    import threading
+    import time
+
+    def kill_one() -> None:  # as the OOM killer would: no exception, no report
+        while not mp.active_children():
+            time.sleep(0.05)
+        time.sleep(1.0)
+        os.kill(mp.active_children()[0].pid, signal.SIGKILL)
+
+    threading.Thread(target=kill_one, daemon=True).start()
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"run \d of 2 exited with status -9 before reporting"):
+        run_parallel_bench(toy(), [2], seconds=60, warmup=2, threads=1)
+    assert time.monotonic() - start < 50  # not the 60 s window, nor the barrier's timeout: the others are killed
+
+
 @pytest.mark.parametrize("argv,message", [
     (["bench", "parallel", "--modes", "default"], "--modes is not an option of `bench parallel`"),
     (["bench", "train", "--procs", "2"], "--procs is an option of `bench parallel`, not `bench train`"),

@@ -103,21 +103,40 @@ def measure_point(cfg: TrainConfig, procs: int, threads: int, warmup: int, secon
                    for i in range(procs)]
         for w in workers:
             w.start()
-        got = {}
         try:
-            for _ in workers:
-                index, img_s, error = results.get(timeout=BARRIER_TIMEOUT_S + 2 * seconds + 60)
-                if error is not None:
-                    raise UserError(f"bench parallel: run {index + 1} of {procs} failed: {error.splitlines()[0]}")
-                got[index] = img_s
-        except queue.Empty:
-            raise UserError(f"bench parallel: {procs - len(got)} of {procs} runs did not report in time") from None
+            got = _collect(workers, results, deadline=time.monotonic() + BARRIER_TIMEOUT_S + 2 * seconds + 60)
+        except BaseException:
+            for w in workers:  # the others may wait at the barrier for minutes: no point in waiting for them
+                w.kill()
+            raise
         finally:
             for w in workers:
                 w.join(timeout=30)
                 if w.is_alive():
                     w.kill()
     return ParallelPoint(procs, threads, [got[i] for i in range(procs)])
+
+
+def _collect(workers: list[Any], results: Any, deadline: float) -> dict[int, float]:
+    """Each worker's img/s; a reported error, a worker that died without reporting (killed, out of memory)
+    or the deadline is one UserError, at once rather than at the deadline."""
+    got: dict[int, float] = {}
+    n = len(workers)
+    while len(got) < n:
+        try:
+            index, img_s, error = results.get(timeout=1.0)
+        except queue.Empty:
+            dead = [(i, w.exitcode) for i, w in enumerate(workers) if w.exitcode not in (None, 0) and i not in got]
+            if dead:
+                raise UserError(f"bench parallel: run {dead[0][0] + 1} of {n} exited with status {dead[0][1]} "
+                                "before reporting") from None
+            if time.monotonic() > deadline:
+                raise UserError(f"bench parallel: {n - len(got)} of {n} runs did not report in time") from None
+            continue
+        if error is not None:
+            raise UserError(f"bench parallel: run {index + 1} of {n} failed: {error.splitlines()[0]}")
+        got[index] = img_s
+    return got
 
 
 def default_threads(procs: int) -> int:
