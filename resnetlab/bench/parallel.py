@@ -27,6 +27,7 @@ import torch
 
 from ..engine import distributed
 from ..engine.config import TrainConfig
+from ..engine.graphs import check_cuda_graphs
 from ..engine.train import LoopState, build_run, fast_defaults, resolve_run, train_step
 from ..errors import UserError
 from ..hardware import device_name
@@ -155,8 +156,9 @@ def run_parallel_bench(cfg: TrainConfig, procs: list[int], *, seconds: float = 1
     if cfg.cuda_graphs and warmup < 5:
         raise UserError("--cuda-graphs needs --warmup 5 or more (3 eager steps, the capture, a replay)")
     device = distributed.resolve_device(cfg.device)
-    if cfg.cuda_graphs and device.type != "cuda":
-        raise UserError(f"--cuda-graphs needs a CUDA device; this bench is on {device.type}")
+    amp = fast_defaults(cfg, device)[1]
+    if cfg.cuda_graphs:  # the training loop's own check, here rather than in K processes
+        check_cuda_graphs(device, amp, cfg.compile, world=1)
     from ..data import open_data
     from ..models.profile import meta_model
 
@@ -170,7 +172,7 @@ def run_parallel_bench(cfg: TrainConfig, procs: list[int], *, seconds: float = 1
         points.append(measure_point(cfg, k, n, warmup, seconds))
         log(f"  {points[-1].total_img_s:,.0f} img/s in all")
     return ParallelResult(cfg.model, cfg.recipe, cfg.batch_size, device_name(device, threads=False),
-                          fast_defaults(cfg, device)[1], cfg.cuda_graphs, seconds, points)
+                          amp, cfg.cuda_graphs, seconds, points)
 
 
 def format_parallel(result: ParallelResult) -> str:

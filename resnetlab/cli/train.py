@@ -122,14 +122,11 @@ def init_normalization(init: str) -> str | None:
     subtracted and no division (paper Sec. 4.2), 4x the scale of per-channel standardised inputs.
     The statistics themselves are recomputed on the new training images.
     """
-    import torch
-
     from ..weights import read_weights
+    from ..weights.checkpoint import normalization_kind
 
     mean = read_weights(init).mean
-    if mean is None:
-        return None
-    return "pixel-mean" if len(torch.as_tensor(mean).shape) == 3 else "channel"
+    return None if mean is None else normalization_kind(mean)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -41,11 +41,16 @@ def model_record(model: nn.Module) -> dict[str, Any]:
     return spec.to_dict()
 
 
+def normalization_kind(mean: Any) -> str:
+    """"channel" for a per-channel mean, "pixel-mean" for a C x H x W mean image (paper Sec. 4.2)."""
+    return "channel" if torch.as_tensor(mean).ndim == 1 else "pixel-mean"
+
+
 def normalization_record(mean: Any, std: Any) -> dict[str, Any]:
-    """``{"mean", "std", "kind"}`` as plain floats; ``kind`` is "channel" or "pixel-mean" (a C x H x W mean)."""
+    """``{"mean", "std", "kind"}`` as plain floats; ``kind`` as :func:`normalization_kind`."""
     mean_t = torch.as_tensor(mean, dtype=torch.float64)
     return {"mean": mean_t.tolist(), "std": torch.as_tensor(std, dtype=torch.float64).tolist(),
-            "kind": "channel" if mean_t.ndim == 1 else "pixel-mean"}
+            "kind": normalization_kind(mean_t)}
 
 
 def make_checkpoint(

@@ -334,7 +334,6 @@ def load_model(source: str | Path, model_name: str | None = None, *, random_weig
     model's native size; ``notes`` says which defaults were used.
     """
     path = Path(source)
-    shipped = not path.exists() and is_pretrained_name(str(source))
     if random_weights:
         if str(source) not in MODELS:
             raise UserError(f"--random-weights takes a model name (`resnetlab models`), not {source}")
@@ -345,7 +344,7 @@ def load_model(source: str | Path, model_name: str | None = None, *, random_weig
             model, [str(i) for i in range(n)], mean, std, list(model.default_input_size),
             f"{source} (random weights)", ["random weights: normalization is ImageNet's, classes are indices"],
         )
-    weights = read_weights(source if shipped else path)
+    weights = read_weights(source)  # a name of shipped weights reads those
     model, how = build_from_weights(weights, model_name)
     notes = list(weights.notes)
     classes = weights.classes
