@@ -333,7 +333,6 @@ def load_model(source: str | Path, model_name: str | None = None, *, random_weig
     otherwise class indices, ImageNet mean/std (torchvision's convention) and the
     model's native size; ``notes`` says which defaults were used.
     """
-    path = Path(source)
     if random_weights:
         if str(source) not in MODELS:
             raise UserError(f"--random-weights takes a model name (`resnetlab models`), not {source}")
@@ -356,7 +355,7 @@ def load_model(source: str | Path, model_name: str | None = None, *, random_weig
         mean, std = default_normalization()
         notes.append("normalization is ImageNet's mean/std (none recorded)")
     input_size = list(weights.input_size or model.default_input_size)
-    description = f"{model.spec.name} from {path} ({weights.kind}, architecture {how})"
+    description = f"{model.spec.name} from {source} ({weights.kind}, architecture {how})"
     return LoadedModel(model, list(classes), list(mean), list(std), input_size, description, notes)
 
 
