@@ -489,3 +489,16 @@ def test_parallel_runs_equal_sequential_ones(tmp_path: Path, monkeypatch: pytest
         False, False]
     with pytest.raises(UserError, match="--parallel must be at least 1"):
         run_all(specs, cfg, tmp_path / "par", parallel=0)
+
+
+def test_invocations_text_lists_training_calls_and_counts_read_only_ones() -> None:
+    """Regenerating a report from finished runs must not add one entry per call to its timing line."""
+    from resnetlab.experiments.reproduce import invocations_text
+
+    one = [{"wall_seconds": 120.0, "trained": ["a", "b"]}]
+    assert invocations_text(one) == ""
+    calls = one + [{"wall_seconds": 1.0, "trained": []}] * 4 + [{"wall_seconds": 30.0, "trained": ["c"]}]
+    assert invocations_text(calls) == (" (all 6 invocations: 120 s training 2, 30 s training 1, "
+                                       "4 that trained nothing, 4 s in all)")
+    assert invocations_text([{"wall_seconds": 0.4, "trained": []}] * 2) == (
+        " (all 2 invocations: 2 that trained nothing, 1 s in all)")

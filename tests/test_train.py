@@ -119,6 +119,24 @@ def test_curves_are_redrawn_at_most_every_interval_and_at_close(tmp_path: Path,
     assert drawn[1:] == [4, 5]
 
 
+def test_curves_title_fits_the_figure() -> None:
+    """A run's title names its data source; a long one used to run off both edges of curves.png."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from resnetlab.engine.curves import run_figure
+
+    history = [{"iteration": i, "train_err": 0.5, "val_top1_err": 0.4} for i in (1, 2)]
+    title = ("resnet44 | paper-cifar | image folder at ../shared/data/cifar10/train: 45,000 train / 5,000 val "
+             "(held out, seed 0), 10 classes, in memory, 3x32x32")
+    fig = run_figure(plt, history, title)
+    try:
+        renderer = fig.canvas.get_renderer()
+        box = fig.axes[0].title.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+        assert box.y0 >= fig.axes[0].get_window_extent(renderer).y1  # above the axes, not over the curves
+    finally:
+        plt.close(fig)
+
+
 def test_run_folder_contents(tmp_path: Path) -> None:
     result = train(tiny(tmp_path))
     out = result.out_dir

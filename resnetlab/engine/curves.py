@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +28,10 @@ def plot_error_curves(ax: Any, runs: Sequence[tuple[str, list[dict[str, Any]]]],
     ax.legend(**{"fontsize": 8, **(legend or {})})
 
 
+# About as many characters of the 9-point title as fit across the 7-inch figure.
+TITLE_CHARS = 110
+
+
 def plot_run(history: list[dict[str, Any]], path: Path, title: str) -> None:
     """``curves.png`` of one run; silently skipped when matplotlib is not installed (it is an optional extra)."""
     try:
@@ -36,10 +41,19 @@ def plot_run(history: list[dict[str, Any]], path: Path, title: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    plot_error_curves(ax, [("", history)])
-    ax.set_title(title, fontsize=9)
-    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.11, top=0.93)  # fixed margins: tight_layout doubled the cost
+    fig = run_figure(plt, history, title)
     with atomic_write(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
+
+
+def run_figure(plt: Any, history: list[dict[str, Any]], title: str) -> Any:
+    """The figure ``plot_run`` saves: one run's error curves under its title (wrapped to fit the width)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    plot_error_curves(ax, [("", history)])
+    # The title names the data source, which can be longer than the figure is wide: wrap it and make room.
+    lines = textwrap.wrap(title, width=TITLE_CHARS) or [""]
+    ax.set_title("\n".join(lines), fontsize=9)
+    top = 0.93 - 0.035 * (len(lines) - 1)
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.11, top=top)  # fixed margins: tight_layout doubled the cost
+    return fig

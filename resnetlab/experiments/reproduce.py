@@ -1057,6 +1057,22 @@ def previous_invocations(out: Path, name: str, identity: dict[str, Any]) -> list
     return []
 
 
+def invocations_text(invocations: list[dict[str, Any]]) -> str:
+    """The report's note on every call that wrote it: those that trained listed, those that only read counted.
+
+    Regenerating a report from finished runs (``--from``, ``--finished-only``) trains nothing; listing each such
+    call would grow the line by one entry per regeneration without saying anything new.
+    """
+    if len(invocations) < 2:
+        return ""
+    trained = [i for i in invocations if i["trained"]]
+    idle = [i for i in invocations if not i["trained"]]
+    parts = [f"{i['wall_seconds']:,.0f} s training {len(i['trained'])}" for i in trained]
+    if idle:
+        parts.append(f"{len(idle)} that trained nothing, {sum(i['wall_seconds'] for i in idle):,.0f} s in all")
+    return f" (all {len(invocations)} invocations: " + ", ".join(parts) + ")"
+
+
 def _precision_text(amp: str, compile: bool, cuda_graphs: bool, hardware: str, trained_here: int,
                     reused: bool) -> str:
     """The report's precision and hardware line: this command's settings, and that reused runs keep their own."""
@@ -1171,9 +1187,7 @@ def run_experiment(name: str, out: str | Path, *, budget: str = "short", seeds: 
     folders = f" Run folders (checkpoints, full logs): `{runs}`{logs_copied}." if own or runs.exists() else ""
     timing = (f"{summed}; this invocation took {wall:,.0f} s ({wall / 60:.1f} min) and trained {len(trained)} "
               f"of {len(outcome.records)}"
-              + (f" (all {len(invocations)} invocations: " + ", ".join(
-                  f"{i['wall_seconds']:,.0f} s training {len(i['trained'])}" for i in invocations) + ")"
-                 if len(invocations) > 1 else "")
+              + invocations_text(invocations)
               + (f"; {parallel} runs at once, {per_run_threads} CPU thread(s) each, " if parallel > 1 else
                  f"; {threads_used} CPU thread(s), ")
               + f"torch {torch.__version__}.{folders}")
